@@ -1,0 +1,35 @@
+# The course in two commands:
+#   make lab    set everything up, then open the course in JupyterLab
+#   make test   set everything up, then run the unit tests and execute every notebook (nbval)
+# Other targets: make setup, make book, make student, make bench, make clean.
+# Extra arguments: make lab LAB_ARGS="--port 9999"   make test TEST_ARGS="-k 02 -x"
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KERNEL := tl-course
+# Open a browser only where there is a screen to show it on.
+NO_BROWSER := $(if $(or $(DISPLAY),$(WAYLAND_DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-browser)
+
+.PHONY: setup lab test book student bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[lab,test,book]'
+	touch $(STAMP)
+
+lab: setup
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (transfer-learning course)"
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(NO_BROWSER) $(LAB_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest tests notebooks tl_helpers --doctest-modules \
+		--nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
+		--nbval-cell-timeout 600 --durations=15 $(TEST_ARGS)
+
+clean:
+	rm -rf build

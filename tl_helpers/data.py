@@ -1,0 +1,234 @@
+"""The course's data: the Clipart dataset, its fixed split, transforms, loaders and cached features.
+
+>>> from tl_helpers.data import clipart_splits, eval_transform
+>>> splits = clipart_splits(eval_transform(128))
+>>> len(splits["train"]), len(splits["val"]), len(splits["test"])
+(301, 76, 126)
+>>> splits["train"].classes[:3]
+['beverages', 'birds', 'bugs']
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+SPLITS = ("train", "val", "test")
+
+
+def clipart_root(name: str = "clipart8") -> Path:
+    """Folder of a Clipart dataset shipped inside the package (ImageFolder layout)."""
+    return Path(str(resources.files("tl_helpers") / "assets" / name))
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB, with an error that says which file and what to do.
+
+    >>> load_image(clipart_root() / "birds" / "nonexistent.png")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: ...
+    """
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(
+            f"Cannot read the image {path} ({exc}). The file is damaged or not an image: "
+            "delete it or replace it, then run the cell again."
+        ) from exc
+
+
+def stratified_split(labels: Sequence[int | str], seed: int = 0, val: float = 0.15,
+                     test: float = 0.25) -> dict[str, list[int]]:
+    """Split indices into train/val/test with every class in the same proportions.
+
+    The same ``labels`` and ``seed`` always give the same split; the three parts are disjoint.
+
+    >>> parts = stratified_split(["a"] * 8 + ["b"] * 8, seed=0, val=0.25, test=0.25)
+    >>> [len(parts[k]) for k in ("train", "val", "test")]
+    [8, 4, 4]
+    """
+    idx = list(range(len(labels)))
+    rest, test_idx = train_test_split(idx, test_size=test, stratify=labels, random_state=seed)
+    rest_labels = [labels[i] for i in rest]
+    train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), stratify=rest_labels,
+                                          random_state=seed)
+    return {"train": sorted(train_idx), "val": sorted(val_idx), "test": sorted(test_idx)}
+
+
+def read_manifest(root: Path | None = None) -> list[dict[str, str]]:
+    """Rows of the dataset's ``manifest.csv``: file, class, source, sha256, split."""
+    root = root or clipart_root()
+    with open(root / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def clipart_dataset(transform: Callable | None = None, root: Path | None = None) -> datasets.ImageFolder:
+    """The whole Clipart dataset as a torchvision ``ImageFolder`` (classes sorted by name)."""
+    root = root or clipart_root()
+    return datasets.ImageFolder(str(root), transform=transform, loader=load_image)
+
+
+def split_indices(dataset: datasets.ImageFolder, seed: int | None = None) -> dict[str, list[int]]:
+    """Train/val/test indices into ``dataset``.
+
+    ``seed=None`` gives the fixed split stored in the manifest (the one the notebooks use);
+    an integer draws a new stratified split, for repeating an experiment on other splits.
+    """
+    if seed is not None:
+        return stratified_split(dataset.targets, seed=seed)
+    root = Path(dataset.root)
+    split_of = {row["file"]: row["split"] for row in read_manifest(root)}
+    parts: dict[str, list[int]] = {k: [] for k in SPLITS}
+    for i, (path, _) in enumerate(dataset.samples):
+        parts[split_of[Path(path).relative_to(root).as_posix()]].append(i)
+    return parts
+
+
+def clipart_splits(eval_tf: Callable, train_tf: Callable | None = None, seed: int | None = None,
+                   root: Path | None = None) -> dict[str, Subset]:
+    """The Clipart dataset split three ways: ``train`` uses ``train_tf`` (or ``eval_tf``), the rest ``eval_tf``.
+
+    Each part is a ``Subset`` with ``.classes`` and ``.targets`` added for convenience.
+    """
+    train_set = clipart_dataset(train_tf or eval_tf, root)
+    eval_set = clipart_dataset(eval_tf, root) if train_tf is not None else train_set
+    parts = split_indices(train_set, seed)
+    out = {}
+    for name, idx in parts.items():
+        subset = Subset(train_set if name == "train" else eval_set, idx)
+        subset.classes = train_set.classes
+        subset.targets = [train_set.targets[i] for i in idx]
+        out[name] = subset
+    return out
+
+
+def eval_transform(image_size: int = 224, resize_size: int | None = None,
+                   mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)) -> v2.Compose:
+    """Evaluation preprocessing: resize, centre-crop, scale to [0, 1] floats, normalise.
+
+    With ``resize_size=None`` the image is resized straight to ``image_size`` (the Clipart images are
+    square already). The default mean/std fit EfficientNet-Lite; pass ``Pretrained.mean/std`` otherwise.
+
+    >>> eval_transform(64)(torch.zeros(3, 80, 80, dtype=torch.uint8)).shape
+    torch.Size([3, 64, 64])
+    """
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(resize_size or image_size, antialias=True),
+        v2.CenterCrop(image_size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ])
+
+
+def train_transform(image_size: int = 224, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                    std: Sequence[float] = (0.5, 0.5, 0.5), scale: tuple[float, float] = (0.6, 1.0)) -> v2.Compose:
+    """Training preprocessing with augmentation: random resized crop and horizontal flip.
+
+    >>> train_transform(64)(torch.zeros(3, 80, 80, dtype=torch.uint8)).shape
+    torch.Size([3, 64, 64])
+    """
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ])
+
+
+def make_loader(dataset: Dataset, batch_size: int = 32, train: bool = False, num_workers: int = 0,
+                seed: int = 0) -> DataLoader:
+    """A DataLoader: shuffled (with a seeded generator) for training, in order for evaluation.
+
+    ``num_workers=0`` is the default because the data is small and worker processes are a common
+    source of errors on Windows and in notebooks.
+    """
+    generator = torch.Generator().manual_seed(seed) if train else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=num_workers,
+                      generator=generator, drop_last=False)
+
+
+def _samples_of(dataset: Dataset) -> tuple[list, Callable | None]:
+    """(list of (path, label), transform) of an ImageFolder or a Subset of one."""
+    if isinstance(dataset, Subset):
+        samples, tf = _samples_of(dataset.dataset)
+        return [samples[i] for i in dataset.indices], tf
+    return list(dataset.samples), dataset.transform
+
+
+def _fingerprint(model: nn.Module, dataset: Dataset) -> str:
+    """Key of the feature cache: the model's weights, the transform and the image files."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    samples, tf = _samples_of(dataset)
+    h.update(repr(tf).encode())
+    for path, label in samples:
+        stat = Path(path).stat()
+        h.update(f"{Path(path).name}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64,
+                     device: torch.device | str = "cpu", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``backbone`` (in eval mode) over ``dataset``; return (features, labels) on the CPU."""
+    backbone.eval().to(device)
+    feats, labels = [], []
+    for x, y in tqdm(make_loader(dataset, batch_size), desc="features", disable=not progress, leave=False):
+        feats.append(backbone(x.to(device)).flatten(1).cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def extract_features(backbone: nn.Module, dataset: Dataset, cache: Path | str | None = None,
+                     batch_size: int = 64, device: torch.device | str = "cpu",
+                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled backbone features for every image of ``dataset``, cached on disk.
+
+    The cache file is named by a hash of the backbone's weights, the dataset's transform and its image
+    files, so a rerun reads the features back in milliseconds and any change (other weights, another
+    resolution, an edited image) recomputes them. ``cache`` is a folder (default: the course cache);
+    pass ``cache=False`` to skip it. ``backbone`` should output one vector per image, e.g. a classifier
+    whose head was replaced by ``nn.Identity()``.
+
+    >>> from tl_helpers.models import load_pretrained
+    >>> pre = load_pretrained()
+    >>> pre.model._fc = nn.Identity()
+    >>> X, y = extract_features(pre.model, clipart_splits(eval_transform(128))["val"])
+    >>> X.shape
+    torch.Size([76, 1280])
+    """
+    if cache is False:
+        return compute_features(backbone, dataset, batch_size, device, progress)
+    if cache is None:
+        from tl_helpers.runtime import cache_dir
+        cache = cache_dir("features")
+    path = Path(cache) / f"{_fingerprint(backbone, dataset)}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        return saved["features"], saved["labels"]
+    feats, labels = compute_features(backbone, dataset, batch_size, device, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"features": feats, "labels": labels}, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written cache file
+    return feats, labels
