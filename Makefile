@@ -31,5 +31,14 @@ test: setup
 		--nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 		--nbval-cell-timeout 600 --durations=15 $(TEST_ARGS)
 
+book: setup
+	@echo "make book: not written yet" && exit 1
+
+student: setup
+	@echo "make student: not written yet" && exit 1
+
+bench: setup
+	@echo "make bench: not written yet" && exit 1
+
 clean:
 	rm -rf build
