@@ -114,6 +114,7 @@ def build(source: Path, out: Path, classes: dict[str, str]) -> Counter:
             rows.append({"file": rel, "class": name, "source": str(src.relative_to(source)),
                          "sha256": hashlib.sha256(data).hexdigest()})
             stats["kept"] += 1
+    rows.sort(key=lambda r: r["file"])  # ImageFolder's order, so split_indices(seed=0) gives this split
     labels = [r["class"] for r in rows]
     split = stratified_split(labels, seed=0)
     for part, idx in split.items():

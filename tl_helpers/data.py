@@ -188,7 +188,7 @@ def _fingerprint(model: nn.Module, dataset: Dataset) -> str:
 
 
 @torch.no_grad()
-def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64,
+def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 32,
                      device: torch.device | str = "cpu", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``backbone`` (in eval mode) over ``dataset``; return (features, labels) on the CPU."""
     backbone.eval().to(device)
@@ -200,7 +200,7 @@ def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64
 
 
 def extract_features(backbone: nn.Module, dataset: Dataset, cache: Path | str | None = None,
-                     batch_size: int = 64, device: torch.device | str = "cpu",
+                     batch_size: int = 32, device: torch.device | str = "cpu",
                      progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled backbone features for every image of ``dataset``, cached on disk.
 

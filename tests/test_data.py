@@ -1,0 +1,124 @@
+"""Behaviour of tl_helpers.data: the shipped dataset, its split, transforms and the feature cache."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from tl_helpers import data
+
+
+def test_dataset_is_shipped_complete_and_small():
+    root = data.clipart_root()
+    rows = data.read_manifest(root)
+    assert len(rows) == 503
+    assert sorted({r["class"] for r in rows}) == data.clipart_dataset().classes
+    total = 0
+    for row in rows:
+        blob = (root / row["file"]).read_bytes()
+        assert hashlib.sha256(blob).hexdigest() == row["sha256"], row["file"]
+        total += len(blob)
+    assert total < 10_000_000, "the dataset must stay under 10 MB"
+    assert "CC0" in (root / "CREDITS.md").read_text()
+
+
+def test_fixed_split_is_stratified_disjoint_and_complete():
+    dataset = data.clipart_dataset()
+    parts = data.split_indices(dataset)
+    sets = {k: set(v) for k, v in parts.items()}
+    assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"] or sets["val"] & sets["test"])
+    assert sum(len(s) for s in sets.values()) == len(dataset)
+    overall = Counter(dataset.targets)
+    test_counts = Counter(dataset.targets[i] for i in parts["test"])
+    for c, n in overall.items():
+        assert abs(test_counts[c] / len(parts["test"]) - n / len(dataset)) < 0.02
+
+
+def test_seeded_split_is_deterministic_and_differs_between_seeds():
+    dataset = data.clipart_dataset()
+    a, b = data.split_indices(dataset, seed=3), data.split_indices(dataset, seed=3)
+    assert a == b
+    assert a["test"] != data.split_indices(dataset, seed=4)["test"]
+    assert [len(a[k]) for k in data.SPLITS] == [len(data.split_indices(dataset)[k]) for k in data.SPLITS]
+
+
+def test_manifest_split_matches_stratified_split_seed_0():
+    dataset = data.clipart_dataset()
+    assert data.split_indices(dataset) == data.split_indices(dataset, seed=0)
+
+
+def test_clipart_splits_use_train_and_eval_transforms():
+    splits = data.clipart_splits(data.eval_transform(32), data.train_transform(48))
+    x, y = splits["train"][0]
+    assert x.shape == (3, 48, 48) and isinstance(y, int)
+    assert splits["test"][0][0].shape == (3, 32, 32)
+    assert splits["val"].classes == splits["train"].classes
+
+
+def test_bad_image_file_gives_a_clear_message(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not really a png")
+    with pytest.raises(ValueError, match="broken.png.*delete it or replace it"):
+        data.load_image(bad)
+
+
+def test_loader_shuffles_repeatably():
+    dataset = torch.utils.data.TensorDataset(torch.arange(20))
+    first = [b[0].tolist() for b in data.make_loader(dataset, batch_size=5, train=True, seed=1)]
+    again = [b[0].tolist() for b in data.make_loader(dataset, batch_size=5, train=True, seed=1)]
+    assert first == again and first != [list(range(i, i + 5)) for i in range(0, 20, 5)]
+
+
+class CountingNet(nn.Module):
+    """A tiny backbone that counts how many batches it has seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def small_subset(size: int) -> Subset:
+    return Subset(data.clipart_dataset(data.eval_transform(size)), list(range(0, 500, 50)))
+
+
+def test_feature_cache_hits_on_rerun_and_misses_after_a_transform_change(tmp_path):
+    torch.manual_seed(0)
+    net = CountingNet()
+    X1, y1 = data.extract_features(net, small_subset(32), cache=tmp_path, progress=False)
+    assert X1.shape == (10, 4) and net.calls > 0
+    net.calls = 0
+    X2, y2 = data.extract_features(net, small_subset(32), cache=tmp_path, progress=False)
+    assert net.calls == 0, "a rerun reads the cache"
+    assert torch.equal(X1, X2) and torch.equal(y1, y2)
+    data.extract_features(net, small_subset(40), cache=tmp_path, progress=False)
+    assert net.calls > 0, "another transform recomputes"
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_feature_cache_misses_after_a_weight_change(tmp_path):
+    net = CountingNet()
+    data.extract_features(net, small_subset(32), cache=tmp_path, progress=False)
+    with torch.no_grad():
+        net.net[0].weight.add_(1.0)
+    net.calls = 0
+    data.extract_features(net, small_subset(32), cache=tmp_path, progress=False)
+    assert net.calls > 0
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    from tl_helpers.runtime import cache_dir
+
+    monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path))
+    assert cache_dir("features") == Path(tmp_path) / "features"
+    assert (Path(tmp_path) / "features").is_dir()
