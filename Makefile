@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 KERNEL := tl-course
 # Open a browser only where there is a screen to show it on.
 NO_BROWSER := $(if $(or $(DISPLAY),$(WAYLAND_DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-browser)
+# Jupyter refuses to run as root unless told (containers, cloud machines).
+AS_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
 .PHONY: setup lab test book student bench clean
 
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml
 
 lab: setup
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (transfer-learning course)"
-	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(NO_BROWSER) $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(NO_BROWSER) $(AS_ROOT) $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest tests notebooks tl_helpers --doctest-modules \
