@@ -85,8 +85,17 @@ def fingerprint(img: Image.Image) -> str:
 
 def build(source: Path, out: Path, classes: dict[str, str]) -> Counter:
     """Write the dataset to ``out``; return counts of kept, duplicate and unreadable files."""
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # our own check in load_thumbnail replaces Pillow's bomb guard
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _build(source, out, classes)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _build(source: Path, out: Path, classes: dict[str, str]) -> Counter:
     stats: Counter = Counter()
     seen: set[str] = set()
     rows = []

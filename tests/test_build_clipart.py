@@ -54,3 +54,10 @@ def test_build_survives_odd_files(tmp_path, build_script, monkeypatch):
     manifest = (out / "manifest.csv").read_text().splitlines()
     assert manifest[0] == "file,class,source,sha256,split" and len(manifest) == 21
     assert {line.rsplit(",", 1)[1] for line in manifest[1:]} == {"train", "val", "test"}
+
+
+def test_build_leaves_pillows_global_limit_alone(tmp_path, build_script):
+    limit = Image.MAX_IMAGE_PIXELS
+    make_source(tmp_path / "src")
+    build_script.build(tmp_path / "src", tmp_path / "out", {"first": "a", "second": "b"})
+    assert Image.MAX_IMAGE_PIXELS == limit
