@@ -1,0 +1,347 @@
+"""Every exercise checker: the reference solution passes, typical wrong answers fail with a helpful
+message, and nothing ever raises (not even for an answer of the wrong type)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from tl_helpers import checks
+from tl_helpers.data import eval_transform, train_transform
+from tl_helpers.evaluate import bootstrap_ci, expected_calibration_error, fit_temperature
+from tl_helpers.models import IMAGENET_MEAN, IMAGENET_STD, freeze, model_blocks, param_groups, unfreeze
+from tl_helpers.runtime import get_device, seed_everything
+from tl_helpers.train import suggest_lr
+
+
+def lite0(num_classes=None):
+    return checks._fresh_lite0(num_classes)
+
+
+# --- data shared by several cases -------------------------------------------------------------------
+
+def blobs(n=90, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    X = torch.randn(n, 6, generator=g)
+    X[:, 0] += 4 * y
+    return X, y
+
+
+def bank_and_query():
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(40, 8, generator=g) * torch.linspace(0.2, 5, 40)[:, None]  # very different lengths
+    return bank[0] + 0.1 * torch.randn(8, generator=g), bank
+
+
+def range_test():
+    lrs = [10 ** (e / 5) for e in range(-30, 1)]
+    losses = [2.0 - 1.5 / (1 + math.exp(-(math.log10(lr) + 3.0) * 2.5)) + (lr > 0.03) * 8 * lr for lr in lrs]
+    return lrs, losses
+
+
+def overconfident(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    logits = torch.randn(n, 4, generator=g)
+    right = torch.rand(n, generator=g) < 0.6
+    target = torch.where(right, y, (y + 1) % 4)
+    logits[torch.arange(n), target] += 6.0  # about 60 % accurate, ~99 % confident
+    return logits, y
+
+
+# --- reference answers and wrong answers, by exercise id ---------------------------------------------
+
+def predict_ref(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x).softmax(dim=1)
+
+
+def predict_no_eval(model, x):
+    with torch.no_grad():
+        return model(x).softmax(dim=1)
+
+
+def predict_logits(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def draw(seed):
+    seed_everything(seed)
+    return torch.randn(4, 3)
+
+
+def train_keep_frozen_bn(model):
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def head_only():
+    model = lite0(5)
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in model._fc.parameters():
+        p.requires_grad = True
+    return model
+
+
+def last_two(n_frozen_from_end=2):
+    model = lite0(5)
+    freeze(model, blocks=len(model_blocks(model)) - n_frozen_from_end)
+    return model
+
+
+def new_head(dropout_inside=0.2, keep_outer=False, classes=5):
+    model = lite0()
+    if not keep_outer:
+        model._dropout = nn.Identity()
+    model._fc = nn.Sequential(nn.Dropout(dropout_inside), nn.Linear(1280, classes))
+    return model
+
+
+def lite_own_dropout():
+    model = lite0()
+    model._fc = nn.Linear(1280, 5)  # Lite's own _dropout (p=0.2) stays before it
+    return model
+
+
+def fresh_optimizer():
+    model = lite0()
+    model._fc = nn.Linear(1280, 5)
+    return torch.optim.AdamW(model.parameters(), lr=1e-3), model
+
+
+def stale_optimizer():
+    model = lite0()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model._fc = nn.Linear(1280, 5)
+    return optimizer, model
+
+
+def unfreeze_ref(model, k):
+    unfreeze(model, blocks=k)
+
+
+def unfreeze_minus_zero_bug(model, k):
+    for _, block in model_blocks(model)[-k:]:
+        for p in block.parameters():
+            p.requires_grad = True
+
+
+def groups_model():
+    model = lite0(8)
+    freeze(model, blocks=10)
+    return model
+
+
+def ece_unweighted(probs, labels, bins=10):
+    from tl_helpers.evaluate import reliability_curve
+    c = reliability_curve(probs, labels, bins)
+    filled = c["counts"] > 0
+    return float(np.abs(c["accuracy"][filled] - c["confidence"][filled]).mean())
+
+
+def correct_vector():
+    return np.array([1] * 100 + [0] * 26)
+
+
+def ci_ref():
+    c = correct_vector()
+    _, low, high = bootstrap_ci(c, np.ones_like(c))
+    return low, high
+
+
+def ci_from_sd():
+    c = correct_vector()
+    return c.mean() - 1.96 * c.std(), c.mean() + 1.96 * c.std()
+
+
+PROBS = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55], [0.6, 0.4], [0.97, 0.03]])
+LABELS = [0, 1, 1, 0, 0, 0]
+
+
+CASES = {
+    # id: (reference call, [typical wrong calls], words the wrong messages must contain)
+    "00.1": (lambda: checks.check_device(get_device()),
+             [lambda: checks.check_device(get_device().type)], ["torch.device"]),
+    "00.2": (lambda: checks.check_parameter_count(22, nn.Linear(10, 2)),
+             [lambda: checks.check_parameter_count(2, nn.Linear(10, 2))], ["tensors"]),
+    "00.3": (lambda: checks.check_reproducible(draw),
+             [lambda: checks.check_reproducible(lambda seed: torch.randn(3)),
+              lambda: checks.check_reproducible(lambda seed: torch.zeros(3))], ["seed"]),
+    "01.1": (lambda: checks.check_top1_class("tripod"),
+             [lambda: checks.check_top1_class("camera"), lambda: checks.check_top1_class("harmonica")],
+             ["top"]),
+    "01.2": (lambda: checks.check_preprocessing(eval_transform(224, resize_size=256)),
+             [lambda: checks.check_preprocessing(eval_transform(224, 256, IMAGENET_MEAN, IMAGENET_STD)),
+              lambda: checks.check_preprocessing(eval_transform(224, 256, (0, 0, 0), (1, 1, 1))),
+              lambda: checks.check_preprocessing(train_transform(224)),
+              lambda: checks.check_preprocessing(eval_transform(128))], ["0.5"]),
+    "01.3": (lambda: checks.check_predict(predict_ref),
+             [lambda: checks.check_predict(predict_no_eval), lambda: checks.check_predict(predict_logits)],
+             ["eval"]),
+    "02.1": (lambda: checks.check_feature_extractor(_identity_head(lite0())),
+             [lambda: checks.check_feature_extractor(lite0())], ["nn.Identity"]),
+    "02.2": (lambda: checks.check_probe_accuracy(LogisticRegression(max_iter=500).fit(*blobs()), *blobs(seed=1)),
+             [lambda: checks.check_probe_accuracy(DummyClassifier().fit(*blobs()), *blobs(seed=1))], ["fit"]),
+    "02.3": (lambda: checks.check_nearest_neighbours(_cosine_topk(*bank_and_query()), *bank_and_query()),
+             [lambda: checks.check_nearest_neighbours(_euclid_topk(*bank_and_query()), *bank_and_query()),
+              lambda: checks.check_nearest_neighbours([39, 38, 37, 36, 35], *bank_and_query())],
+             ["normalise"]),
+    "03.1": (lambda: checks.check_head_only_trainable(head_only()),
+             [lambda: checks.check_head_only_trainable(lite0(5))], ["freeze"]),
+    "03.2": (lambda: checks.check_last_blocks_trainable(last_two(), n=2),
+             [lambda: checks.check_last_blocks_trainable(last_two(1), n=2),
+              lambda: checks.check_last_blocks_trainable(lite0(5), n=2)], ["model_blocks"]),
+    "03.3": (lambda: checks.check_frozen_bn_mode(train_keep_frozen_bn),
+             [lambda: checks.check_frozen_bn_mode(lambda m: m.train()),
+              lambda: checks.check_frozen_bn_mode(lambda m: m.eval())], ["eval"]),
+    "04.1": (lambda: checks.check_output_shape(torch.Size([16, 5])),
+             [lambda: checks.check_output_shape((16, 1000)), lambda: checks.check_output_shape((5, 16))],
+             ["class"]),
+    "04.2": (lambda: checks.check_new_head(new_head()) and checks.check_new_head(lite_own_dropout()),
+             [lambda: checks.check_new_head(new_head(keep_outer=True)),
+              lambda: checks.check_new_head(new_head(dropout_inside=0.5)),
+              lambda: checks.check_new_head(new_head(classes=1000))], ["Dropout"]),
+    "04.3": (lambda: checks.check_optimizer_params(*fresh_optimizer()),
+             [lambda: checks.check_optimizer_params(*stale_optimizer())], ["*after* replacing the head"]),
+    "05.1": (lambda: checks.check_unfreeze_top(unfreeze_ref),
+             [lambda: checks.check_unfreeze_top(unfreeze_minus_zero_bug)], ["[-0:]"]),
+    "05.2": (lambda: checks.check_param_groups(torch.optim.AdamW(param_groups(groups_model_shared(), 1e-3, 1e-4)),
+                                               groups_model_shared()),
+             [lambda: checks.check_param_groups(torch.optim.AdamW(
+                  [p for p in groups_model_shared().parameters() if p.requires_grad], lr=1e-3),
+                  groups_model_shared()),
+              lambda: checks.check_param_groups(torch.optim.AdamW(param_groups(groups_model_shared(), 1e-4, 1e-3)),
+                                                groups_model_shared())], ["head"]),
+    "05.3": (lambda: checks.check_lr_choice(suggest_lr(*range_test()), *range_test()),
+             [lambda: checks.check_lr_choice(range_test()[0][int(np.argmin(range_test()[1]))], *range_test()),
+              lambda: checks.check_lr_choice(1.0, *range_test()),
+              lambda: checks.check_lr_choice(1e-6, *range_test())], ["rate"]),
+    "06.1": (lambda: checks.check_ece(expected_calibration_error(PROBS, LABELS), PROBS, LABELS),
+             [lambda: checks.check_ece(ece_unweighted(PROBS, LABELS), PROBS, LABELS),
+              lambda: checks.check_ece(100 * expected_calibration_error(PROBS, LABELS), PROBS, LABELS)],
+             ["bin"]),
+    "06.2": (lambda: checks.check_bootstrap_ci(ci_ref(), correct_vector()),
+             [lambda: checks.check_bootstrap_ci(ci_from_sd(), correct_vector()),
+              lambda: checks.check_bootstrap_ci((79.4, 86.0), correct_vector())], ["resample"]),
+    "06.3": (lambda: checks.check_temperature(fit_temperature(*overconfident()), *overconfident()),
+             [lambda: checks.check_temperature(0.5, *overconfident())], ["T > 1"]),
+    "06.4": (lambda: checks.check_params_per_label(3_381_256 / 40),
+             [lambda: checks.check_params_per_label(4_652_008 / 40),
+              lambda: checks.check_params_per_label(3_381_256)], ["head"]),
+}
+
+_SHARED = {}
+
+
+def groups_model_shared():
+    """One model for a whole 05.2 case: the optimizer and the checker must see the same tensors."""
+    return _SHARED.setdefault("model", groups_model())
+
+
+def _identity_head(model):
+    model._fc = nn.Identity()
+    return model
+
+
+def _cosine_topk(query, bank, k=5):
+    sims = nn.functional.normalize(bank, dim=1) @ nn.functional.normalize(query, dim=0)
+    return sims.topk(k).indices.tolist()
+
+
+def _euclid_topk(query, bank, k=5):
+    idx = torch.cdist(query[None], bank)[0].topk(k, largest=False).indices.tolist()
+    assert set(idx) != set(_cosine_topk(query, bank, k)), "the fixture must tell the two apart"
+    return idx
+
+
+# --- the tests --------------------------------------------------------------------------------------
+
+def test_every_exercise_has_cases_and_every_chapter_three_exercises():
+    assert set(CASES) == set(checks.EXERCISES)
+    per_chapter = Counter(ex.chapter for ex in checks.EXERCISES.values())
+    assert set(per_chapter) == {f"{n:02d}" for n in range(7)}
+    assert min(per_chapter.values()) >= 3
+    for ex_id, ex in checks.EXERCISES.items():
+        assert ex_id.startswith(ex.chapter + ".") and ex.title and ex.checker.__name__.startswith("check_")
+        assert ex.checker.__doc__, f"{ex.checker.__name__} needs a docstring"
+
+
+@pytest.mark.parametrize("ex_id", sorted(CASES))
+def test_reference_passes(ex_id, capsys):
+    _SHARED.clear()
+    reference, _, _ = CASES[ex_id]
+    assert reference() is True
+    out = capsys.readouterr().out
+    assert out.startswith("✅ Correct: ") and "❌" not in out
+
+
+@pytest.mark.parametrize("ex_id", sorted(CASES))
+def test_typical_wrong_answers_fail_helpfully(ex_id, capsys):
+    _SHARED.clear()
+    _, wrongs, words = CASES[ex_id]
+    messages = []
+    for wrong in wrongs:
+        assert wrong() is False
+        out = capsys.readouterr().out.strip()
+        assert out.startswith("❌ Not yet: ") and "Hint: " in out and out.count("\n") == 0, out
+        what, hint = out.removeprefix("❌ Not yet: ").split(". Hint: ", 1)
+        assert len(what) > 15 and len(hint) > 15, out
+        assert "AssertionError" not in out and "Traceback" not in out
+        messages.append(out)
+    assert any(word in m for m in messages for word in words), messages
+
+
+@pytest.mark.parametrize("ex_id", sorted(CASES))
+def test_a_totally_wrong_type_prints_instead_of_raising(ex_id, capsys):
+    checker = checks.EXERCISES[ex_id].checker
+    extra = {"02.2": blobs(), "02.3": bank_and_query(), "04.3": (nn.Linear(2, 2),), "05.2": (nn.Linear(2, 2),),
+             "05.3": range_test(), "06.1": (PROBS, LABELS), "06.2": (correct_vector(),),
+             "06.3": overconfident(), "00.2": (nn.Linear(2, 2),)}.get(ex_id, ())
+    for answer in ("banana", None, 3.5j):
+        assert checker(answer, *extra) is False
+        out = capsys.readouterr().out
+        assert out.startswith("❌ Not yet: ") and "Hint: " in out, out
+
+
+def test_a_crash_in_the_learners_code_is_reported_not_raised(capsys):
+    def broken(model, x):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    assert checks.check_predict(broken) is False
+    out = capsys.readouterr().out
+    assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied" in out and "Hint: " in out
+
+
+def test_an_unfinished_exercise_says_so(capsys):
+    def unfinished(model, x):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+    assert checks.check_predict(unfinished) is False
+    assert "still raises NotImplementedError" in capsys.readouterr().out
+
+
+def test_specific_diagnoses(capsys):
+    checks.check_new_head(new_head(keep_outer=True))
+    assert "applied 2 times" in capsys.readouterr().out
+    checks.check_optimizer_params(*stale_optimizer())
+    out = capsys.readouterr().out
+    assert "never updates 2 trainable tensors (_fc.weight, _fc.bias)" in out and "no longer in the model" in out
+    checks.check_preprocessing(eval_transform(224, 256, IMAGENET_MEAN, IMAGENET_STD))
+    assert "ImageNet's mean and std" in capsys.readouterr().out
+    checks.check_ece(ece_unweighted(PROBS, LABELS), PROBS, LABELS)
+    assert "without weighting them by their size" in capsys.readouterr().out
+    checks.check_params_per_label(4_652_008 / 40)
+    assert "1000-class ImageNet head" in capsys.readouterr().out
