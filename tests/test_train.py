@@ -183,3 +183,31 @@ def test_history_best_uses_min_for_losses():
     assert h.best()["val_acc"] == 0.5 and h.best("val_loss")["val_loss"] == 0.2
     with pytest.raises(ValueError):
         History().best()
+
+
+def _features(net: nn.Sequential, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    body = nn.Sequential(*list(net)[:-1]).eval()
+    with torch.no_grad():
+        pairs = [(body(x), y) for x, y in loader]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+def test_two_phase_runs_both_phases_keeps_bn_statistics_and_reloads_from_its_checkpoint(tmp_path):
+    from tl_helpers.train import Recipe, two_phase
+
+    net, loader, val = tiny_setup()
+    features = (*_features(net, loader), *_features(net, val))
+    stats = net[1].running_mean.clone()
+    recipe = Recipe(head_epochs=5, top_stages=2, top_epochs=1, all_epochs=2, lr_decay=None)
+    head_hist, hist = two_phase(net, loader, val, features, recipe, checkpoint=tmp_path / "best.pt",
+                                device=CPU, progress=False)
+    assert head_hist.column("phase") == ["head"] * 5
+    assert hist.column("phase") == ["top", "all", "all"]
+    assert torch.equal(net[1].running_mean, stats), "BatchNorm statistics must stay the pretrained ones"
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "best.top.pt").exists()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    # Rerunning with the same checkpoint reloads the finished run instead of training again.
+    _, again = two_phase(net, loader, val, features, recipe, checkpoint=tmp_path / "best.pt", device=CPU,
+                         progress=False)
+    assert without_seconds(again) == without_seconds(hist)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())

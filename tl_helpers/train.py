@@ -527,3 +527,105 @@ def suggest_lr(lrs: list[float], losses: list[float], method: str = "steepest") 
         return float(lrs[0])
     slopes = np.gradient(np.asarray(losses[:lo + 1], float), np.log10(np.asarray(lrs[:lo + 1], float)))
     return float(lrs[int(np.argmin(slopes))])
+
+
+# ------------------------------------------------------------------------------------------------
+# The course's two-phase recipe
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Recipe:
+    """Every setting of the course's two-phase fine-tuning recipe, in one place.
+
+    Phase 1 (``head``): a linear head trained on cached pooled features of the frozen backbone
+    (AdamW, ``head_epochs`` full passes, label smoothing). Phase 2 in two steps, BatchNorm in eval
+    mode throughout (the pretrained statistics are kept): ``top`` trains the last ``top_stages``
+    stages of :func:`tl_helpers.models.model_blocks` (the classifier, the head convolution and the
+    last blocks) for ``top_epochs``; ``all`` trains every layer for ``all_epochs`` with
+    discriminative learning rates (``backbone_lr`` just below the head, times ``lr_decay`` per stage
+    towards the input). Each step uses AdamW with a one-cycle schedule.
+
+    >>> Recipe().finetune_epochs
+    6
+    """
+
+    head_epochs: int = 100
+    head_lr: float = 1e-2
+    head_weight_decay: float = 1e-4
+    top_stages: int = 6
+    top_epochs: int = 2
+    all_epochs: int = 4
+    finetune_head_lr: float = 1e-3
+    backbone_lr: float = 2e-4
+    lr_decay: float | None = 0.9
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    seed: int = 0
+
+    @property
+    def finetune_epochs(self) -> int:
+        return self.top_epochs + self.all_epochs
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int,
+              pct_start: float = 0.3) -> OneCycleLR:
+    """A one-cycle schedule peaking at each parameter group's current learning rate.
+
+    >>> opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.1}])
+    >>> sched = one_cycle(opt, epochs=2, steps_per_epoch=5)
+    >>> round(opt.param_groups[0]["lr"], 4)  # starts at max_lr / 25
+    0.004
+    """
+    return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                      epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct_start)
+
+
+def two_phase(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
+              features: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+              recipe: Recipe | None = None, checkpoint: str | Path | None = None,
+              device: torch.device | str | None = None, progress: bool = True) -> tuple[History, History]:
+    """Fine-tune ``model`` with the course's recipe (:class:`Recipe`); return (phase 1, phase 2) histories.
+
+    ``features`` are ``(X_train, y_train, X_val, y_val)``: pooled features of the frozen backbone
+    for the training and validation images (eval preprocessing), from
+    :func:`tl_helpers.data.extract_features`. Phase 1 trains a linear head on them
+    (:func:`fit_head_on_features`) and puts it on the model in place of the old classifier; phase 2
+    trains through the backbone on ``train_loader`` (augmented images), first the top stages, then
+    all of them. With ``checkpoint`` the best epoch of each step of phase 2 is saved
+    (``name.top.pt``, then ``checkpoint``), and rerunning with the same path resumes or reloads
+    instead of training again. At the end the model holds the weights of the best validation epoch of
+    the last step, in eval mode.
+
+    The same recipe, written out cell by cell, is chapter 05.
+    """
+    # Imported here: tl_helpers.models imports this module's neighbours, not the other way round.
+    from tl_helpers.models import freeze, param_groups, replace_head, set_bn_eval, unfreeze
+
+    recipe = recipe or Recipe()
+    X_train, y_train, X_val, y_val = features
+    head, head_history = fit_head_on_features(
+        X_train, y_train, X_val, y_val, epochs=recipe.head_epochs, lr=recipe.head_lr,
+        weight_decay=recipe.head_weight_decay, seed=recipe.seed, label_smoothing=recipe.label_smoothing)
+    replace_head(model, None, head=head)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    steps = [("top", recipe.top_stages, recipe.top_epochs), ("all", None, recipe.all_epochs)]
+    history = History()
+    for phase, stages, epochs in steps:
+        if epochs <= 0:
+            continue
+        freeze(model)
+        unfreeze(model, blocks=stages)
+        set_bn_eval(model)
+        groups = param_groups(model, head_lr=recipe.finetune_head_lr, backbone_lr=recipe.backbone_lr,
+                              decay=recipe.lr_decay, weight_decay=recipe.weight_decay)
+        optimizer = torch.optim.AdamW(groups)
+        scheduler = one_cycle(optimizer, epochs, len(train_loader))
+        path = None
+        if checkpoint is not None:
+            path = Path(checkpoint) if phase == steps[-1][0] else Path(checkpoint).with_suffix(f".{phase}.pt")
+        torch.manual_seed(recipe.seed)
+        history = fit(model, train_loader, val_loader, optimizer, epochs, loss_fn=loss_fn, scheduler=scheduler,
+                      device=device, checkpoint=path, resume=path is not None, phase=phase, history=history,
+                      progress=progress, restore_best=True)
+    model.eval()
+    return head_history, history
