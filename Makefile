@@ -21,7 +21,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[lab,test,book]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lab,test,book]'
 	touch $(STAMP)
 
 lab: setup
