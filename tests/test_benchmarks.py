@@ -99,7 +99,8 @@ def test_results_writer_on_fake_numbers(tmp_path):
     assert complete["keras_guide"]["seconds"] == 152.0
     assert complete["keras_guide"]["splits"] == [75.0, 76.0, 77.0, 78.0, 79.0]
     meas = {"phase1_speedup": 1234.5, "loop_overhead": 0.012, "backbone_epoch_s": 3.0, "cached_epoch_s": 0.002,
-            "fit_s": 10.1, "bare_s": 10.0, "min_overhead": 0.01, "repeats": 10}
+            "fit_s": 10.1, "bare_s": 10.0, "wall_overhead_min": 0.01, "wall_overhead_median": 0.02, "repeats": 10,
+            "fixed_overhead_per_step_us": 150.0, "fixed_overhead_fraction": 0.0001}
     results = run.write_results(tmp_path, complete, incomplete, meas, "python -m benchmarks.run", 5,
                                 machine_line="test machine")
     saved = json.loads((tmp_path / "results.json").read_text())
