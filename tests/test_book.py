@@ -109,8 +109,8 @@ def links(page: Path) -> list[tuple[str, str, str]]:
 
 
 def pages(book: Path) -> list[Path]:
-    """The book's own pages (mdBook's 404 and print pages repeat them)."""
-    return [p for p in book.rglob("*.html") if p.name not in ("404.html", "print.html")]
+    """The book's pages, the all-in-one print page included (mdBook's 404 page links from the site root)."""
+    return [p for p in book.rglob("*.html") if p.name != "404.html"]
 
 
 def local_target(page: Path, link: str) -> Path | None:
