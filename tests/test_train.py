@@ -198,7 +198,7 @@ def test_two_phase_runs_both_phases_keeps_bn_statistics_and_reloads_from_its_che
     net, loader, val = tiny_setup()
     features = (*_features(net, loader), *_features(net, val))
     stats = net[1].running_mean.clone()
-    recipe = Recipe(head_epochs=5, top_stages=2, top_epochs=1, all_epochs=2, lr_decay=None)
+    recipe = Recipe(head_epochs=5, top_stages=2, top_epochs=1, all_epochs=2)
     head_hist, hist = two_phase(net, loader, val, features, recipe, checkpoint=tmp_path / "best.pt",
                                 device=CPU, progress=False)
     assert head_hist.column("phase") == ["head"] * 5
@@ -206,6 +206,8 @@ def test_two_phase_runs_both_phases_keeps_bn_statistics_and_reloads_from_its_che
     assert torch.equal(net[1].running_mean, stats), "BatchNorm statistics must stay the pretrained ones"
     assert (tmp_path / "best.pt").exists() and (tmp_path / "best.top.pt").exists()
     before = {k: v.clone() for k, v in net.state_dict().items()}
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in before.items()), "the checkpoint holds the model kept"
     # Rerunning with the same checkpoint reloads the finished run instead of training again.
     _, again = two_phase(net, loader, val, features, recipe, checkpoint=tmp_path / "best.pt", device=CPU,
                          progress=False)

@@ -19,6 +19,7 @@ import copy
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -235,6 +236,17 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None,
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def keep_last_epoch(checkpoint: str | Path) -> Path:
+    """Make ``checkpoint`` hold the last epoch's state (``fit`` keeps the best validation epoch there).
+
+    With a one-cycle schedule the last epoch is the model to keep; copy ``name.last.pt`` over the
+    best-epoch file so that whoever loads ``checkpoint`` gets that model. Returns the path.
+    """
+    checkpoint = Path(checkpoint)
+    shutil.copyfile(last_checkpoint_path(checkpoint), checkpoint)
+    return checkpoint
 
 
 def last_checkpoint_path(checkpoint: str | Path) -> Path:
@@ -538,28 +550,33 @@ class Recipe:
     """Every setting of the course's two-phase fine-tuning recipe, in one place.
 
     Phase 1 (``head``): a linear head trained on cached pooled features of the frozen backbone
-    (AdamW, ``head_epochs`` full passes, label smoothing). Phase 2 in two steps, BatchNorm in eval
-    mode throughout (the pretrained statistics are kept): ``top`` trains the last ``top_stages``
+    (AdamW, ``head_epochs`` passes, label smoothing). It is deliberately trained only *briefly*: on
+    Clipart-8 a head trained to convergence (100 epochs at 1e-2) left phase 2 with gradients too small
+    to adapt the features, and ended 4 points lower on split 0. Phase 2 in two steps, BatchNorm in
+    eval mode throughout (the pretrained statistics are kept): ``top`` trains the last ``top_stages``
     stages of :func:`tl_helpers.models.model_blocks` (the classifier, the head convolution and the
-    last blocks) for ``top_epochs``; ``all`` trains every layer for ``all_epochs`` with
-    discriminative learning rates (``backbone_lr`` just below the head, times ``lr_decay`` per stage
-    towards the input). Each step uses AdamW with a one-cycle schedule.
+    last blocks) for ``top_epochs``; ``all`` trains every layer for ``all_epochs``, the head at
+    ``finetune_head_lr`` and the backbone at ``backbone_lr`` (times ``lr_decay`` per stage towards the
+    input when it is set). Each step uses AdamW with a one-cycle schedule. The model kept is the last
+    epoch's (``restore_best=True``: the best validation epoch's; on 76 validation images that choice
+    is mostly noise).
 
     >>> Recipe().finetune_epochs
-    6
+    7
     """
 
-    head_epochs: int = 100
-    head_lr: float = 1e-2
+    head_epochs: int = 10
+    head_lr: float = 1e-3
     head_weight_decay: float = 1e-4
     top_stages: int = 6
-    top_epochs: int = 2
-    all_epochs: int = 4
+    top_epochs: int = 1
+    all_epochs: int = 6
     finetune_head_lr: float = 1e-3
     backbone_lr: float = 2e-4
-    lr_decay: float | None = 0.9
+    lr_decay: float | None = None
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
+    restore_best: bool = False
     seed: int = 0
 
     @property
@@ -591,10 +608,11 @@ def two_phase(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
     :func:`tl_helpers.data.extract_features`. Phase 1 trains a linear head on them
     (:func:`fit_head_on_features`) and puts it on the model in place of the old classifier; phase 2
     trains through the backbone on ``train_loader`` (augmented images), first the top stages, then
-    all of them. With ``checkpoint`` the best epoch of each step of phase 2 is saved
+    all of them. With ``checkpoint`` each step of phase 2 is checkpointed by :func:`fit`
     (``name.top.pt``, then ``checkpoint``), and rerunning with the same path resumes or reloads
-    instead of training again. At the end the model holds the weights of the best validation epoch of
-    the last step, in eval mode.
+    instead of training again. At the end the model holds the weights the recipe keeps (the last
+    epoch, or the best validation epoch with ``recipe.restore_best``), in eval mode, and so does
+    ``checkpoint``.
 
     The same recipe, written out cell by cell, is chapter 05.
     """
@@ -626,6 +644,8 @@ def two_phase(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         torch.manual_seed(recipe.seed)
         history = fit(model, train_loader, val_loader, optimizer, epochs, loss_fn=loss_fn, scheduler=scheduler,
                       device=device, checkpoint=path, resume=path is not None, phase=phase, history=history,
-                      progress=progress, restore_best=True)
+                      progress=progress, restore_best=recipe.restore_best)
+    if checkpoint is not None and not recipe.restore_best:
+        keep_last_epoch(checkpoint)
     model.eval()
     return head_history, history
