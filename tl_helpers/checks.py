@@ -692,7 +692,8 @@ def check_optimizer_params(optimizer, model: nn.Module) -> str:
     if parts:
         raise _NotYet(" and ".join(parts), hint)
     frozen = [n for n, p in named.items() if not p.requires_grad and id(p) in in_opt]
-    note = f" ({len(frozen)} frozen tensors are in it too: harmless, but they cost memory)" if frozen else ""
+    note = (f" ({len(frozen)} frozen tensors are in it too: harmless, since a tensor without a gradient is skipped "
+            "and gets no optimizer state, but passing only the trainable ones says what you mean)") if frozen else ""
     n_train = sum(1 for p in named.values() if p.requires_grad)
     return f"the optimizer updates all {n_train} trainable tensors of the model, the new head included{note}."
 
