@@ -169,7 +169,8 @@ def summarize(cells: dict[str, list[dict]], n_splits: int) -> tuple[dict, dict]:
         entry = {"mean": round(statistics.fmean(accs), 2) if accs else None,
                  "std": round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
                  "seconds": round(statistics.fmean(c["seconds"] for c in rows), 1) if rows else None,
-                 "splits": accs}
+                 "splits": accs, "torch": sorted({c.get("torch", "?") for c in rows}),
+                 "runs": sorted({f"torch {c.get('torch', '?')}, {str(c.get('date', '?'))[:10]}" for c in rows})}
         if len(rows) == n_splits:
             complete[recipe] = entry
         elif rows:
@@ -246,7 +247,15 @@ def results_markdown(results: dict) -> str:
                      f"{m.get('wall_overhead_min', float('nan')):+.3f}. Fixed cost of fit's bookkeeping: "
                      f"{m.get('fixed_overhead_per_step_us', float('nan')):.0f} us per step, "
                      f"{100 * m.get('fixed_overhead_fraction', float('nan')):.3f} % of a step")
-    lines += ["", f"- machine: {results['machine']}", f"- torch: {results['torch']}",
+    entries = [*results[DATASET].items(), *results.get("incomplete", {}).items()]
+    runs = {r for _, e in entries for r in e.get("runs", [])}
+    torch_line = f"- torch: {results['torch']}"
+    if len(runs) > 1:  # cells kept from earlier runs (the cache): say which, and what compares
+        torch_line += (" (this run). The cells come from more than one run: accuracies compare across runs, "
+                       "seconds only within one (a machine shared with other jobs slows every recipe). "
+                       "Runs per recipe: " + "; ".join(f"{name}: {' + '.join(e.get('runs', []))}"
+                                                       for name, e in entries))
+    lines += ["", f"- machine: {results['machine']}", torch_line,
               f"- command: `{results['command']}`", f"- date: {results['date']}", ""]
     return "\n".join(lines)
 
