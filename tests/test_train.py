@@ -213,3 +213,22 @@ def test_two_phase_runs_both_phases_keeps_bn_statistics_and_reloads_from_its_che
                          progress=False)
     assert without_seconds(again) == without_seconds(hist)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+def test_gradient_accumulation_takes_the_same_steps_with_batchnorm_in_eval_mode():
+    runs = []
+    for accumulate in (1, 2, 4):
+        net, loader, val = tiny_setup()
+        set_bn_eval(net)  # no layer mixes the samples of a batch: the chunks' gradients add up to the batch's
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        hist = fit(net, loader, val, opt, 2, device=CPU, progress=False, accumulate=accumulate)
+        runs.append((net.state_dict(), hist))
+    (ref, ref_hist), *others = runs
+    for state, hist in others:
+        for key, value in ref.items():
+            assert torch.allclose(state[key].float(), value.float(), atol=1e-5), key
+        assert hist.column("train_acc") == ref_hist.column("train_acc")
+        assert np.allclose(hist.column("train_loss"), ref_hist.column("train_loss"), atol=1e-5)
+    with pytest.raises(ValueError, match="accumulate"):
+        fit(*tiny_setup()[:2], None, torch.optim.SGD(tiny_setup()[0].parameters(), lr=0.1), 1, device=CPU,
+            progress=False, accumulate=0)
