@@ -163,7 +163,8 @@ def confusion_matrix_plot(cm, classes: Sequence[str], normalize: bool = False) -
 def reliability_diagram(probs, y_true, n_bins: int = 10) -> Figure:
     """Accuracy against confidence per bin, with the diagonal of perfect calibration and the ECE.
 
-    Bars below the diagonal: the model is overconfident there. A lower panel shows how many
+    Bars below the diagonal: the model is overconfident there; the hatched part of each bin is the
+    gap between its accuracy and its mean confidence. A lower panel shows how many
     samples fall in each bin.
 
     >>> fig = reliability_diagram(np.array([[0.9, 0.1], [0.3, 0.7]]), [0, 0], n_bins=5)
@@ -180,7 +181,9 @@ def reliability_diagram(probs, y_true, n_bins: int = 10) -> Figure:
     acc = np.nan_to_num(curve["accuracy"])
     ax.bar(centers, acc, width=width * 0.95, color="tab:blue", edgecolor="black", label="accuracy")
     gap = np.where(curve["counts"] > 0, np.nan_to_num(curve["confidence"]) - acc, 0)
-    ax.bar(centers, gap, bottom=acc, width=width * 0.95, color="tab:red", alpha=0.3, label="gap")
+    # hatched, not filled: where accuracy exceeds confidence the gap lies over the blue bar
+    ax.bar(centers, gap, bottom=acc, width=width * 0.95, facecolor="none", edgecolor="tab:red", hatch="///",
+           lw=0, label="gap to the mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
