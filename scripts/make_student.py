@@ -16,7 +16,8 @@ them, so instructors who use nbgrader can use the notebooks as they are:
 A code cell that had a solution loses its outputs and is tagged ``raises-exception``, so nbval
 accepts the ``NotImplementedError`` it now raises; put the ``check_...`` call in the same cell, after
 ``### END SOLUTION``. Everything else is copied unchanged, outputs included, together with the other
-files next to the notebooks (e.g. ``checkpoints/``, which a later chapter reads relative to itself).
+files next to the notebooks (images, data), except caches: ``checkpoints/`` holds the instructor's own
+trained models, and a student's chapter 05 would silently reload them instead of training.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 TEXT_STUB = "YOUR ANSWER HERE"
 RAISES_TAG = "raises-exception"
-SKIP_COPY = {".ipynb_checkpoints", "__pycache__"}
+SKIP_COPY = {".ipynb_checkpoints", "__pycache__", "checkpoints"}  # caches, not course material
 # A marker is a line that reads BEGIN/END SOLUTION, as a comment (#, //) or an HTML comment.
 _MARKER = r"^\s*(?:#+|//|<!--)?\s*{word}\s*(?:-->)?\s*$"
 BEGIN = re.compile(_MARKER.format(word="BEGIN SOLUTION"))
@@ -113,7 +114,7 @@ def build_student(notebooks: list[Path], out: Path, copy_files: bool = True) -> 
     """Write the student edition of ``notebooks`` into ``out``; return {notebook name: solutions removed}.
 
     Old notebooks in ``out`` are deleted first. With ``copy_files`` the other files and folders next to
-    the notebooks (``checkpoints/``, images...) are copied too.
+    the notebooks (images...) are copied too, caches (``checkpoints/``) not.
     """
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.ipynb"):

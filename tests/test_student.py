@@ -69,6 +69,7 @@ def build(tmp_path, nb) -> nbformat.NotebookNode:
     nbformat.write(nb, src / "99_fixture.ipynb")
     (src / "checkpoints").mkdir()
     (src / "checkpoints" / "model.pt").write_bytes(b"weights")
+    (src / "figure.png").write_bytes(b"png")
     out = tmp_path / "student"
     assert make_student.main([str(src / "99_fixture.ipynb"), "--out", str(out)]) == 0
     return nbformat.read(out / "99_fixture.ipynb", as_version=4)
@@ -98,7 +99,8 @@ def test_solution_cells_are_cleared_and_tagged_the_rest_untouched(tmp_path):
     for i in (0, 1, 2, 7, 8):
         assert student.cells[i] == original.cells[i]
     assert student.cells[3].metadata["nbgrader"]["grade_id"] == "ex1"  # nbgrader metadata kept
-    assert (tmp_path / "student" / "checkpoints" / "model.pt").read_bytes() == b"weights"
+    assert (tmp_path / "student" / "figure.png").read_bytes() == b"png"  # files beside the notebooks come along
+    assert not (tmp_path / "student" / "checkpoints").exists()  # the instructor's trained models do not
 
 
 @pytest.mark.parametrize("source", ["### BEGIN SOLUTION\nx = 1", "x = 1\n### END SOLUTION",
