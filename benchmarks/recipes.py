@@ -150,11 +150,21 @@ def _one_cycle(optimizer, epochs: int, steps: int, **kwargs) -> OneCycleLR:
 # Baselines
 # ------------------------------------------------------------------------------------------------
 
+def _train_from_scratch(model: nn.Module, data: BenchData, epochs: int, lr: float, weight_decay: float) -> nn.Module:
+    """Every layer trained from random weights: AdamW, one-cycle per batch, BatchNorm in train mode."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loader = data.train_loader()
+    scheduler = _one_cycle(optimizer, epochs, len(loader))
+    fit(model, loader, data.eval_loader("val"), optimizer, epochs, scheduler=scheduler, device=data.device,
+        progress=False, phase="scratch")
+    return model
+
+
 def scratch(data: BenchData, epochs: int = 15, lr: float = 1e-3, weight_decay: float = 0.01) -> nn.Module:
     """Training from scratch: the Lite0 architecture with random weights, nothing pretrained.
 
-    Source: the course's own baseline (NOTES.md measured a ResNet-18 from scratch; here the same
-    architecture as every other recipe, so the gap is the value of the pretrained weights).
+    Source: the course's own baseline: the same architecture as every other recipe, so the gap is the
+    value of the pretrained weights (NOTES.md's ResNet-18 from scratch is :func:`scratch_resnet18`).
 
     - model: ``load_pretrained("efficientnet_lite0", weights=False)`` (random init of
       efficientnet_lite_pytorch), new ``nn.Linear(1280, 8)`` head; nothing frozen
@@ -163,13 +173,7 @@ def scratch(data: BenchData, epochs: int = 15, lr: float = 1e-3, weight_decay: f
     - schedule: one-cycle per batch (PyTorch defaults: 30 % warm-up, cosine, div 25, final div 1e4)
     - epochs: 15; loss: cross-entropy; result: the weights of the last epoch
     """
-    model = _lite0(data, weights=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loader = data.train_loader()
-    scheduler = _one_cycle(optimizer, epochs, len(loader))
-    fit(model, loader, data.eval_loader("val"), optimizer, epochs, scheduler=scheduler, device=data.device,
-        progress=False, phase="scratch")
-    return model
+    return _train_from_scratch(_lite0(data, weights=False), data, epochs, lr, weight_decay)
 
 
 def scratch_resnet18(data: BenchData, epochs: int = 15, lr: float = 1e-3, weight_decay: float = 0.01) -> nn.Module:
@@ -190,13 +194,7 @@ def scratch_resnet18(data: BenchData, epochs: int = 15, lr: float = 1e-3, weight
     """
     from torchvision.models import resnet18
 
-    model = resnet18(weights=None, num_classes=data.num_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loader = data.train_loader()
-    scheduler = _one_cycle(optimizer, epochs, len(loader))
-    fit(model, loader, data.eval_loader("val"), optimizer, epochs, scheduler=scheduler, device=data.device,
-        progress=False, phase="scratch")
-    return model
+    return _train_from_scratch(resnet18(weights=None, num_classes=data.num_classes), data, epochs, lr, weight_decay)
 
 
 def linear_probe(data: BenchData, Cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
