@@ -169,7 +169,7 @@ def summarize(cells: dict[str, list[dict]], n_splits: int) -> tuple[dict, dict]:
         entry = {"mean": round(statistics.fmean(accs), 2) if accs else None,
                  "std": round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
                  "seconds": round(statistics.fmean(c["seconds"] for c in rows), 1) if rows else None,
-                 "splits": accs, "torch": sorted({c.get("torch", "?") for c in rows}),
+                 "splits": accs,
                  "runs": sorted({f"torch {c.get('torch', '?')}, {str(c.get('date', '?'))[:10]}" for c in rows})}
         if len(rows) == n_splits:
             complete[recipe] = entry

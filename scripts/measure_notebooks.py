@@ -52,7 +52,8 @@ def make_cgroup(limit_mb: int) -> tuple[Path, str]:
         folder = Path("/sys/fs/cgroup") / name
         folder.mkdir()
         (folder / "memory.max").write_text(str(limit_mb * 2**20))
-        (folder / "memory.swap.max").write_text("0") if (folder / "memory.swap.max").exists() else None
+        if (folder / "memory.swap.max").exists():
+            (folder / "memory.swap.max").write_text("0")
         return folder, "v2"
     folder = Path("/sys/fs/cgroup/memory") / name
     folder.mkdir()

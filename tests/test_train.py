@@ -229,6 +229,6 @@ def test_gradient_accumulation_takes_the_same_steps_with_batchnorm_in_eval_mode(
             assert torch.allclose(state[key].float(), value.float(), atol=1e-5), key
         assert hist.column("train_acc") == ref_hist.column("train_acc")
         assert np.allclose(hist.column("train_loss"), ref_hist.column("train_loss"), atol=1e-5)
+    net, loader, _ = tiny_setup()
     with pytest.raises(ValueError, match="accumulate"):
-        fit(*tiny_setup()[:2], None, torch.optim.SGD(tiny_setup()[0].parameters(), lr=0.1), 1, device=CPU,
-            progress=False, accumulate=0)
+        fit(net, loader, None, torch.optim.SGD(net.parameters(), lr=0.1), 1, device=CPU, progress=False, accumulate=0)

@@ -137,14 +137,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         batch_loss = 0.0
-        for xc, yc in zip(x.chunk(accumulate), y.chunk(accumulate)) if accumulate > 1 else [(x, y)]:
+        for xc, yc in zip(x.chunk(accumulate), y.chunk(accumulate)):   # accumulate=1: the batch itself
             with torch.autocast(device.type, enabled=scaler is not None):
                 logits = model(xc)
                 loss = loss_fn(logits, yc)
             if not torch.isfinite(loss):
                 raise _nan_error(loss, i, xc)
-            if accumulate > 1:
-                loss = loss * (len(yc) / len(y))   # chunk means, weighted, add up to the batch mean
+            loss = loss * (len(yc) / len(y))   # chunk means, weighted, add up to the batch mean (x 1.0: exact)
             (scaler.scale(loss) if scaler is not None else loss).backward()
             batch_loss += float(loss.detach())
             correct += _correct(logits.detach(), yc)
