@@ -999,3 +999,7 @@ EXERCISES: dict[str, Exercise] = {
     "06.3": Exercise("A temperature that lowers the ECE", "06", check_temperature),
     "06.4": Exercise("Why a probe beats fine-tuning at 5 labels, in one number", "06", check_params_per_label),
 }
+
+
+# Later chapters keep their checkers in a module of their own (tl_helpers.checks.<topic>), each with an
+# EXERCISES dict of its own; they join the catalogue here, so EXERCISES lists every exercise of the course.
