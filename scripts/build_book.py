@@ -43,8 +43,6 @@ BACK_MATTER = [("Glossary", "glossary.md"), ("Credits and licences", "credits.md
 REMOVE_CELL, REMOVE_INPUT, REMOVE_OUTPUT = "remove-cell", "remove-input", "remove-output"
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
-# A widget's text/plain fallback is its repr (``VBox(children=(...))``) or a progress bar frozen at 0 %.
-WIDGET_REPR = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\(.*\)|.*\d+%\|.*\|.*)\s*$", re.S)
 DATA_URI = re.compile(r"data:(image/(?:png|jpeg|gif|svg\+xml));base64,([A-Za-z0-9+/=\s]+)")
 ATTACHMENT = re.compile(r"attachment:([^\s)\"']+)")
 # Code in Markdown: fenced blocks, then inline spans; math is only looked for outside them.
@@ -175,8 +173,11 @@ def output_block(output: dict, files_dir: Path, prefix: str) -> str | None:
         return pre_block("\n".join(output.get("traceback", [])) or output.get("evalue", ""), "error")
     data = output.get("data", {})
     text = "".join(data.get("text/plain", ""))
-    if WIDGET_VIEW in data:  # the static twin in the next cell shows the same thing
-        return pre_block(text, "result") if text and not WIDGET_REPR.match(text) else None
+    if WIDGET_VIEW in data:
+        # A widget output's other data is only its fallback text: the repr (``VBox(children=(...``, cut
+        # at 100 characters) or a progress bar frozen at 0 %. Every widget cell in the course is followed
+        # by its static twin, which the page shows instead.
+        return None
     for mime, ext in IMAGE_TYPES.items():
         if mime in data:
             raw = "".join(data[mime])

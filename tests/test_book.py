@@ -22,7 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = "99_book_fixture"
 PNG_1X1 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
-WIDGET_REPR = "VBox(children=(IntSlider(value=3), Output()))"
+# What ipywidgets stores as a widget's text/plain: its repr, cut at 100 characters (no closing parenthesis).
+WIDGET_REPR = "VBox(children=(IntSlider(value=3, description='unfrozen blocks', max=19, style=SliderStyle(description_width='\u2026"
+# Tell-tale pieces of a widget repr that no page of the book may show.
+WIDGET_REPR_PIECES = ("children=(", "IntSlider(", "FloatSlider(", "Dropdown(", "VBox(", "HBox(", "SliderStyle(")
 
 
 def load_builder() -> ModuleType:
@@ -169,6 +172,17 @@ def test_outputs_are_the_static_ones(book):
     assert len(figures) == 3, figures  # inline data URI, attachment, display_data
     assert all((book / "generated" / f).is_file() and (book / "generated" / f).read_bytes()
                == base64.b64decode(PNG_1X1) for f in figures)
+
+
+def test_no_page_shows_a_widget_repr(book):
+    """Widget cells show their static twin only: no page, print.html included, prints a widget's repr."""
+    checked = pages(book)
+    assert any(p.name == "print.html" for p in checked)
+    for page in checked:
+        # the code that builds a widget may name it; everything else on the page (outputs, prose) may not
+        text = re.sub(r'<code class="language-python[^"]*">.*?</code>', "", page.read_text(encoding="utf-8"), flags=re.S)
+        found = [piece for piece in WIDGET_REPR_PIECES if piece in text]
+        assert not found, f"{page.relative_to(book)}: shows a widget repr ({found})"
 
 
 def test_math_is_rendered_as_mathml(book):
