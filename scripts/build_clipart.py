@@ -13,11 +13,16 @@ What it does, per category folder (subfolders and symlinks included):
   * survives the 169-megapixel file and unreadable files (skipped and counted, never a crash);
   * drops duplicates: two images whose 16x16 RGB thumbnails have the same MD5 are the same picture,
     the first one met (sorted by path) is kept, across all classes;
+  * groups near-duplicates that survive that: a colour drawing and its black-and-white version, numbered
+    variants, an artist's series (``tl_helpers.groups``: grayscale difference hashes within 12 of 256 bits,
+    or the same file name once ``_bw``/``_01``-style suffixes are stripped, within one class);
   * writes an ImageFolder layout ``<class>/<name>.png``, a ``manifest.csv`` (file, class, source path,
-    SHA-256 of the written file, split) and ``CREDITS.md``.
+    SHA-256 of the written file, group, split) and ``CREDITS.md``.
 
-The split is stratified and fixed (seed 0): 60 % train, 15 % val, 25 % test, computed by
-``tl_helpers.data.stratified_split`` so that the notebooks and this script agree.
+The split is stratified by class and fixed (seed 0): about 60 % train, 15 % val, 25 % test, whole groups
+at a time, computed by ``tl_helpers.data.stratified_split`` so that the notebooks and this script agree.
+
+    python scripts/build_clipart.py --regroup  # recompute groups and split of the shipped images only
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tl_helpers.data import stratified_split  # noqa: E402
+from tl_helpers.groups import describe_groups, dhash, near_duplicate_groups  # noqa: E402
 
 SOURCE = Path("/usr/share/openclipart/png")
 CLIPART8 = {  # class name -> source folder (relative to SOURCE)
@@ -123,20 +129,42 @@ def _build(source: Path, out: Path, classes: dict[str, str]) -> Counter:
             rows.append({"file": rel, "class": name, "source": str(src.relative_to(source)),
                          "sha256": hashlib.sha256(data).hexdigest()})
             stats["kept"] += 1
+    write_manifest(out, rows, classes)
+    return stats
+
+
+def write_manifest(out: Path, rows: list[dict], classes: dict[str, str]) -> str:
+    """Group near-duplicates, split whole groups, write ``manifest.csv`` and ``CREDITS.md``; describe the groups."""
     rows.sort(key=lambda r: r["file"])  # ImageFolder's order, so split_indices(seed=0) gives this split
     labels = [r["class"] for r in rows]
-    split = stratified_split(labels, seed=0)
+    hashes = []
+    for r in rows:
+        with Image.open(out / r["file"]) as img:
+            hashes.append(dhash(img))
+    groups = near_duplicate_groups(hashes, [Path(r["file"]).stem for r in rows], labels)
+    split = stratified_split(labels, seed=0, groups=groups.tolist())
+    for r, g in zip(rows, groups):
+        r["group"] = int(g)
     for part, idx in split.items():
         for i in idx:
             rows[i]["split"] = part
     with open(out / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "class", "source", "sha256", "split"])
+        writer = csv.DictWriter(f, fieldnames=["file", "class", "source", "sha256", "group", "split"])
         writer.writeheader()
         writer.writerows(rows)
     counts = Counter(labels)
+    summary = describe_groups(groups.tolist())
     (out / "CREDITS.md").write_text(CREDITS.format(
-        n=len(rows), table="\n".join(f"| {c} | {classes[c]} | {counts[c]} |" for c in sorted(counts))))
-    return stats
+        n=len(rows), groups=summary,
+        table="\n".join(f"| {c} | {classes[c]} | {counts[c]} |" for c in sorted(counts))))
+    return summary
+
+
+def regroup(out: Path, classes: dict[str, str]) -> str:
+    """Recompute groups and split of an existing build (the images are left as they are)."""
+    with open(out / "manifest.csv", newline="") as f:
+        rows = [{k: v for k, v in row.items() if k in ("file", "class", "source", "sha256")} for row in csv.DictReader(f)]
+    return write_manifest(out, rows, classes)
 
 
 CREDITS = """# Clipart-8
@@ -146,7 +174,13 @@ CREDITS = """# Clipart-8
 public domain dedication; each source file's author is listed in the package's `.txt` files).
 Composited onto white, shrunk to at most 160 px and centred on a 160 x 160 white square,
 duplicates removed. `manifest.csv` gives every
-file's source path, SHA-256 and split (stratified, seed 0: 60 % train, 15 % val, 25 % test).
+file's source path, SHA-256, near-duplicate group and split (stratified by class, seed 0: about 60 % train,
+15 % val, 25 % test, whole groups at a time, so no drawing has a copy in another part).
+
+Near-duplicates: {groups}. A group joins a colour drawing and its black-and-white version, numbered
+variants and recolourings (grayscale difference hashes within 12 of 256 bits), and every image whose file
+name is the same once suffixes such as `_bw` or `_01` are stripped, which also keeps an artist's numbered
+series (seven horses by one artist, say) together.
 
 | class | source folder | images |
 |---|---|---|
@@ -160,7 +194,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--out", type=Path, default=ROOT / "tl_helpers" / "assets" / "clipart8")
+    parser.add_argument("--regroup", action="store_true",
+                        help="only recompute near-duplicate groups and the split of the images already in --out")
     args = parser.parse_args()
+    if args.regroup:
+        print(regroup(args.out, CLIPART8))
+        return
     if not args.source.is_dir():
         sys.exit(f"{args.source} not found: install it with 'apt-get install openclipart-png'.")
     stats = build(args.source, args.out, CLIPART8)

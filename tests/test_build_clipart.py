@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -35,9 +36,11 @@ def make_source(root: Path) -> None:
     Image.new("LA", (60, 60), (200, 128)).save(root / "b" / "la.png")
     Image.new("RGB", (300, 300), (10, 200, 10)).save(root / "b" / "huge.png")
     (root / "b" / "broken.png").write_bytes(b"\x89PNG not really")
-    for folder in ("a", "b"):                                    # enough images for a stratified split
+    rng = np.random.default_rng(0)
+    for folder in ("a", "b"):  # enough distinct drawings (not near-duplicates) for a split of whole groups
         for i in range(8):
-            Image.new("RGB", (64, 40 + 10 * i), (30 * i, 90 if folder == "a" else 180, 200 - 20 * i)).save(root / folder / f"plain{i}.png")
+            pixels = rng.integers(0, 256, size=(40 + 10 * i, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / folder / f"drawing_{'abcdefgh'[i]}.png")
 
 
 def test_build_survives_odd_files(tmp_path, build_script, monkeypatch):
@@ -52,7 +55,7 @@ def test_build_survives_odd_files(tmp_path, build_script, monkeypatch):
     corner = Image.open(out / "first" / "rgba.png").getpixel((0, 0))
     assert corner == (255, 255, 255), "transparent pixels are composited onto white"
     manifest = (out / "manifest.csv").read_text().splitlines()
-    assert manifest[0] == "file,class,source,sha256,split" and len(manifest) == 21
+    assert manifest[0] == "file,class,source,sha256,group,split" and len(manifest) == 21
     assert {line.rsplit(",", 1)[1] for line in manifest[1:]} == {"train", "val", "test"}
 
 

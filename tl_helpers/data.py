@@ -25,6 +25,8 @@ from torchvision import datasets
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from tl_helpers.groups import group_split
+
 SPLITS = ("train", "val", "test")
 
 
@@ -54,15 +56,22 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def stratified_split(labels: Sequence[int | str], seed: int = 0, val: float = 0.15,
-                     test: float = 0.25) -> dict[str, list[int]]:
-    """Split indices into train/val/test with every class in the same proportions.
+                     test: float = 0.25, groups: Sequence[int] | None = None) -> dict[str, list[int]]:
+    """Split indices into train/val/test with every class in about the same proportions.
 
-    The same ``labels`` and ``seed`` always give the same split; the three parts are disjoint.
+    With ``groups`` (one group id per item, e.g. from ``tl_helpers.groups.near_duplicate_groups``), a group
+    never straddles two parts: near-duplicates stay together (``tl_helpers.groups.group_split``). The same
+    inputs and ``seed`` always give the same split; the three parts are disjoint.
 
     >>> parts = stratified_split(["a"] * 8 + ["b"] * 8, seed=0, val=0.25, test=0.25)
     >>> [len(parts[k]) for k in ("train", "val", "test")]
     [8, 4, 4]
     """
+    if groups is not None:
+        codes = {c: i for i, c in enumerate(sorted(set(labels)))}
+        parts = group_split([codes[c] for c in labels], groups, val=val, test=test, seed=seed,
+                            class_names=[str(c) for c in codes])
+        return {k: [i for i, p in enumerate(parts) if p == k] for k in SPLITS}
     idx = list(range(len(labels)))
     rest, test_idx = train_test_split(idx, test_size=test, stratify=labels, random_state=seed)
     rest_labels = [labels[i] for i in rest]
@@ -72,7 +81,7 @@ def stratified_split(labels: Sequence[int | str], seed: int = 0, val: float = 0.
 
 
 def read_manifest(root: Path | None = None) -> list[dict[str, str]]:
-    """Rows of the dataset's ``manifest.csv``: file, class, source, sha256, split."""
+    """Rows of the dataset's ``manifest.csv``: file, class, source, sha256, group, split."""
     root = root or clipart_root()
     with open(root / "manifest.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -84,19 +93,25 @@ def clipart_dataset(transform: Callable | None = None, root: Path | None = None)
     return datasets.ImageFolder(str(root), transform=transform, loader=load_image)
 
 
+def manifest_column(dataset: datasets.ImageFolder, column: str) -> list[str]:
+    """One column of the manifest (``split``, ``group``...) in the dataset's own sample order."""
+    root = Path(dataset.root)
+    value_of = {row["file"]: row[column] for row in read_manifest(root)}
+    return [value_of[Path(path).relative_to(root).as_posix()] for path, _ in dataset.samples]
+
+
 def split_indices(dataset: datasets.ImageFolder, seed: int | None = None) -> dict[str, list[int]]:
-    """Train/val/test indices into ``dataset``.
+    """Train/val/test indices into ``dataset``, with near-duplicates (the manifest's ``group``) never in two parts.
 
     ``seed=None`` gives the fixed split stored in the manifest (the one the notebooks use);
-    an integer draws a new stratified split, for repeating an experiment on other splits.
+    an integer draws a new split of whole groups, stratified by class, for repeating an experiment.
     """
     if seed is not None:
-        return stratified_split(dataset.targets, seed=seed)
-    root = Path(dataset.root)
-    split_of = {row["file"]: row["split"] for row in read_manifest(root)}
+        groups = [int(g) for g in manifest_column(dataset, "group")]
+        return stratified_split(dataset.targets, seed=seed, groups=groups)
     parts: dict[str, list[int]] = {k: [] for k in SPLITS}
-    for i, (path, _) in enumerate(dataset.samples):
-        parts[split_of[Path(path).relative_to(root).as_posix()]].append(i)
+    for i, part in enumerate(manifest_column(dataset, "split")):
+        parts[part].append(i)
     return parts
 
 
