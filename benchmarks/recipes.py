@@ -124,15 +124,20 @@ def make_data(seed: int, image_size: int = IMAGE_SIZE, batch_size: int = BATCH_S
 
 
 @torch.no_grad()
+def correct_of(model: nn.Module, data: BenchData, part: str = "test") -> list[int]:
+    """1 for each image of ``data.<part>`` that ``model`` classifies right, else 0 (eval mode, no TTA):
+    kept per image so that two recipes can be compared on the same images."""
+    model.eval().to(data.device)
+    out: list[int] = []
+    for x, y in data.eval_loader(part):
+        out += (model(x.to(data.device)).argmax(1).cpu() == y).int().tolist()
+    return out
+
+
 def accuracy_of(model: nn.Module, data: BenchData, part: str = "test") -> float:
     """Accuracy in percent of ``model`` on ``data.<part>``: eval mode, plain eval transform, no TTA."""
-    model.eval().to(data.device)
-    correct = seen = 0
-    for x, y in data.eval_loader(part):
-        logits = model(x.to(data.device))
-        correct += int((logits.argmax(1).cpu() == y).sum())
-        seen += len(y)
-    return 100.0 * correct / seen
+    correct = correct_of(model, data, part)
+    return 100.0 * sum(correct) / len(correct)
 
 
 def _lite0(data: BenchData, weights: bool = True) -> nn.Module:
@@ -164,7 +169,7 @@ def scratch(data: BenchData, epochs: int = 15, lr: float = 1e-3, weight_decay: f
     """Training from scratch: the Lite0 architecture with random weights, nothing pretrained.
 
     Source: the course's own baseline: the same architecture as every other recipe, so the gap is the
-    value of the pretrained weights (NOTES.md's ResNet-18 from scratch is :func:`scratch_resnet18`).
+    value of the pretrained weights (a ResNet-18 from scratch is :func:`scratch_resnet18`).
 
     - model: ``load_pretrained("efficientnet_lite0", weights=False)`` (random init of
       efficientnet_lite_pytorch), new ``nn.Linear(1280, 8)`` head; nothing frozen
@@ -179,8 +184,8 @@ def scratch(data: BenchData, epochs: int = 15, lr: float = 1e-3, weight_decay: f
 def scratch_resnet18(data: BenchData, epochs: int = 15, lr: float = 1e-3, weight_decay: float = 0.01) -> nn.Module:
     """Training from scratch with a network that is easier to train from random weights: ResNet-18.
 
-    Source: NOTES.md's from-scratch baseline (torchvision ResNet-18, 10 epochs at 112 px: 44.8 % on one
-    split), here with exactly the settings of :func:`scratch`, so only the architecture differs. Lite0
+    Source: the usual from-scratch baseline (torchvision ResNet-18, random weights), here with exactly
+    the settings of :func:`scratch`, so only the architecture differs. Lite0
     from random weights (``scratch``) collapses to the majority class on 301 images; ResNet-18 (plain
     residual blocks, no depthwise convolutions, no stochastic depth) learns from them. The two rows
     bracket what training from scratch reaches here.
@@ -201,7 +206,7 @@ def linear_probe(data: BenchData, Cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3,
                  max_iter: int = 3000) -> tuple[nn.Module, dict]:
     """Linear probe: scikit-learn logistic regression on the frozen backbone's pooled features.
 
-    Source: the course's feature-extraction chapter (02) and NOTES.md's probe baseline.
+    Source: the course's feature-extraction chapter (02).
 
     - features: ``extract_features`` of pretrained Lite0 (``_fc`` = Identity, eval mode, so the
       BatchNorm statistics are the pretrained ones) on the training images at the EVAL transform
@@ -254,8 +259,8 @@ def one_phase(data: BenchData, epochs: int = 8, head_lr: float = 1e-3, backbone_
     """One-phase fine-tuning: a fresh random head and every layer trained at once from the start.
 
     Source: the course (chapter 05) uses it to show why a head is trained first; the settings are
-    those of the course's phase 2 (NOTES.md: "all layers, BN in eval, AdamW one-cycle 2e-4 / head
-    1e-3, 8 epochs, label smoothing 0.1"), without the phase 1 that would have trained the head.
+    those of the course's phase 2 (all layers, BN in eval, AdamW one-cycle 2e-4 / head 1e-3, 8 epochs,
+    label smoothing 0.1), without the phase 1 that would have trained the head.
 
     - model: pretrained Lite0, new ``nn.Linear(1280, 8)`` head (PyTorch default init); nothing frozen
     - BatchNorm: eval mode throughout (``set_bn_eval``: pretrained statistics, gamma/beta still learn)
@@ -561,3 +566,16 @@ SMOKE: dict[str, dict] = {
 }
 
 COURSE_RECIPE = "two_phase"
+
+# Candidate settings of the course's recipe (overrides of tl_helpers.train.Recipe), compared by
+# `python -m benchmarks.run --select` on the VALIDATION parts of selection splits 5-9 only. The test parts
+# of splits 0-4, which the results report, play no part in the choice (benchmarks/README.md, "Protocol").
+CANDIDATES: dict[str, dict] = {
+    "brief_head": {},                                            # Recipe() as it stood: head 10 epochs at 1e-3
+    "converged_head": {"head_epochs": 100, "head_lr": 1e-2},     # the head trained to convergence first
+    "backbone_5e-4": {"backbone_lr": 5e-4},
+    "longer": {"all_epochs": 10},
+}
+SELECTION_SPLITS = (5, 6, 7, 8, 9)
+# Backbone learning rates of the sweep "when does phase 1 matter?" (one_phase and two_phase, splits 0-4).
+LR_SWEEP = (1e-4, 3e-4, 1e-3, 3e-3)

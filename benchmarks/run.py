@@ -31,6 +31,7 @@ Also measured (cached in ``cache/measurements.json``, ``--force`` or ``--remeasu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import math
@@ -53,8 +54,11 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.recipes import (BATCH_SIZE, COURSE_RECIPE, IMAGE_SIZE, RECIPES, SMOKE, BenchData, make_data,
-                                accuracy_of)  # noqa: E402
+from benchmarks.recipes import (BATCH_SIZE, CANDIDATES, COURSE_RECIPE, IMAGE_SIZE, LR_SWEEP, RECIPES,
+                                SELECTION_SPLITS, SMOKE, BenchData, accuracy_of, correct_of,
+                                make_data)  # noqa: E402
+from tl_helpers.benchmark_results import comparison_table, paired_rows, update_readme  # noqa: E402
+from tl_helpers.data import read_manifest  # noqa: E402
 from tl_helpers.runtime import seed_everything  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -108,12 +112,22 @@ def recipe_settings(fn: Callable, overrides: dict | None = None) -> dict:
     return json.loads(json.dumps(settings, default=str))
 
 
-def cell_path(cache: Path, recipe: str, split: int) -> Path:
-    return cache / DATASET / recipe / f"split{split}.json"
+def cell_path(cache: Path, recipe: str, split: int, tag: str | None = None) -> Path:
+    """Where one cell is cached; ``tag`` names a variant of a recipe (a selection candidate, a sweep point)."""
+    return cache / DATASET / (f"{recipe}@{tag}" if tag else recipe) / f"split{split}.json"
+
+
+def dataset_version() -> str:
+    """A short hash of the shipped manifest's files and near-duplicate groups: cells computed on other
+    splits (before groups existed, or with other groups) are never reused."""
+    rows = read_manifest()
+    text = "\n".join(f"{r['file']},{r.get('group', '')}" for r in rows)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def cell_config(recipe: str, split: int, data_kwargs: dict, overrides: dict | None = None) -> dict:
-    return {"recipe": recipe, "split": split, "image_size": data_kwargs.get("image_size", IMAGE_SIZE),
+    return {"recipe": recipe, "split": split, "dataset": dataset_version(),
+            "image_size": data_kwargs.get("image_size", IMAGE_SIZE),
             "batch_size": data_kwargs.get("batch_size", BATCH_SIZE), "limit": data_kwargs.get("limit"),
             "max_batches": data_kwargs.get("max_batches"),
             "settings": recipe_settings(RECIPES[recipe], overrides)}
@@ -129,18 +143,19 @@ def load_cell(path: Path, config: dict) -> dict | None:
 
 
 def run_cell(recipe: str, split: int, cache: Path, force: bool = False, data_kwargs: dict | None = None,
-             overrides: dict | None = None, log: Callable[[str], None] = print) -> dict:
+             overrides: dict | None = None, log: Callable[[str], None] = print, tag: str | None = None) -> dict:
     """Run ``recipe`` on split ``split`` (or read its cached result) and return the cell dict.
 
     Raises NotImplementedError when the recipe is not written yet (the course's hook).
     """
     data_kwargs = dict(data_kwargs or {})
     config = cell_config(recipe, split, data_kwargs, overrides)
-    path = cell_path(cache, recipe, split)
+    path = cell_path(cache, recipe, split, tag)
     if not force:
         cached = load_cell(path, config)
         if cached is not None:
-            log(f"  {recipe:17s} split {split}: {cached['acc']:5.1f} %  {cached['seconds']:6.1f} s  (cached)")
+            log(f"  {recipe:17s} {tag or ''} split {split}: val {cached.get('val_acc', float('nan')):5.1f} %  "
+                f"{cached['seconds']:6.1f} s  (cached)")
             return cached
     data = make_data(split, **data_kwargs)
     seed_everything(split)
@@ -149,10 +164,12 @@ def run_cell(recipe: str, split: int, cache: Path, force: bool = False, data_kwa
     seconds = time.perf_counter() - start
     model, info = out if isinstance(out, tuple) else (out, {})
     acc = accuracy_of(model, data)
-    cell = {"recipe": recipe, "split": split, "acc": acc, "seconds": seconds, "n_test": len(data.test),
+    val_acc = accuracy_of(model, data, "val")
+    cell = {"recipe": recipe, "split": split, "acc": acc, "val_acc": val_acc, "seconds": seconds,
+            "n_test": len(data.test), "correct": correct_of(model, data),
             "info": info, "config": config, "torch": torch.__version__, "machine": machine(), "date": _now()}
     _atomic_write(path, json.dumps(cell, indent=1, default=str))
-    log(f"  {recipe:17s} split {split}: {acc:5.1f} %  {seconds:6.1f} s")
+    log(f"  {recipe:17s} {tag or ''} split {split}: val {val_acc:5.1f} %  {seconds:6.1f} s")
     return cell
 
 
@@ -170,6 +187,7 @@ def summarize(cells: dict[str, list[dict]], n_splits: int) -> tuple[dict, dict]:
                  "std": round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
                  "seconds": round(statistics.fmean(c["seconds"] for c in rows), 1) if rows else None,
                  "splits": accs,
+                 "val_splits": [round(c["val_acc"], 2) for c in rows if "val_acc" in c],
                  "runs": sorted({f"torch {c.get('torch', '?')}, {str(c.get('date', '?'))[:10]}" for c in rows})}
         if len(rows) == n_splits:
             complete[recipe] = entry
@@ -197,9 +215,11 @@ def write_results(out_dir: Path, complete: dict, incomplete: dict, measurements:
                   n_splits: int, machine_line: str | None = None, image_size: int = IMAGE_SIZE,
                   batch_size: int = BATCH_SIZE) -> dict:
     """Write ``results.json`` and ``results.md`` into ``out_dir``; return the JSON dict."""
-    results = {DATASET: complete}
+    results = {DATASET: complete, "course_recipe": COURSE_RECIPE}
     if incomplete:
         results["incomplete"] = incomplete
+    if COURSE_RECIPE in complete:
+        results["paired"] = paired_rows(results)
     results["phase1_speedup"] = measurements.get("phase1_speedup")
     results["loop_overhead"] = measurements.get("loop_overhead")
     if measurements:
@@ -217,9 +237,11 @@ def results_markdown(results: dict) -> str:
     n = len(results["splits"])
     lines = [f"# Benchmarks: Clipart-8, EfficientNet-Lite0, {results['image_size']} px",
              "",
-             f"Test accuracy over {n} stratified splits (seeds {results['splits'][0]}-{results['splits'][-1]}, "
-             f"60/15/25 train/val/test), mean ± sample std; seconds: mean wall time of one split (loading the "
-             f"weights and training, validation included; test pass excluded).",
+             f"Test accuracy over {n} splits (seeds {results['splits'][0]}-{results['splits'][-1]}, about "
+             f"60/15/25 train/val/test, stratified by class, near-duplicate groups never in two parts), mean ± "
+             f"sample std; seconds: mean wall time of one split (loading the weights and training, validation "
+             f"included; test pass excluded). No setting of any recipe was chosen on these test parts "
+             f"(the protocol: benchmarks/README.md).",
              "",
              "| recipe | mean (%) | std | seconds / split | per split (%) |",
              "|---|---:|---:|---:|---|"]
@@ -232,6 +254,10 @@ def results_markdown(results: dict) -> str:
         per = " / ".join(f"{a:.1f}" for a in e["splits"])
         lines.append(f"| {label}{note} | {e['mean']:.1f} | {e['std']:.1f} | {e['seconds']:.0f} | {per} |")
     lines.append("")
+    if results.get("paired"):
+        lines += ["Paired by split, the course's recipe against each other recipe: mean difference of test "
+                  "accuracy and its 95 % t-interval over the splits. Ahead or behind only when the interval "
+                  "excludes zero; tie otherwise.", "", comparison_table(results), ""]
     speed, over = results.get("phase1_speedup"), results.get("loop_overhead")
     m = results.get("measurements", {})
     if speed is not None:
@@ -272,7 +298,7 @@ def measure_phase1_speedup(data: BenchData, epochs: int = 3, feature_epochs: int
     backbone: the pretrained Lite0 frozen (BN in eval), every batch decoded, transformed and sent
     through it each epoch; one warm-up epoch, then the median of ``epochs``. On cached features:
     ``fit_head_on_features`` for ``feature_epochs`` epochs after a warm-up call; its median epoch time.
-    Extracting the features once is not counted (it is what phase 1 pays once, NOTES: 4-5 s).
+    Extracting the features once is not counted (it is what phase 1 pays once, a few seconds).
     """
     from tl_helpers.data import extract_features
     from tl_helpers.models import freeze, load_pretrained, replace_head
@@ -454,6 +480,40 @@ def measurements(cache: Path, redo: bool, quick: bool, log: Callable[[str], None
 # Command line
 # ------------------------------------------------------------------------------------------------
 
+# ------------------------------------------------------------------------------------------------
+# Selection (validation parts of splits 5-9 only) and the backbone learning-rate sweep
+# ------------------------------------------------------------------------------------------------
+
+def select_recipe(cache: Path, candidates: dict[str, dict], splits=SELECTION_SPLITS, force: bool = False,
+                  data_kwargs: dict | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run every candidate setting of the course's recipe on ``splits`` and rank them by mean VALIDATION
+    accuracy. Test accuracy is neither printed nor stored in the summary: choosing must not see it."""
+    summary = {}
+    for name, overrides in candidates.items():
+        log(f"candidate {name} {overrides}:")
+        vals = [run_cell(COURSE_RECIPE, k, cache, force, data_kwargs, overrides, log, tag=f"select-{name}")["val_acc"]
+                for k in splits]
+        summary[name] = {"overrides": overrides, "val_splits": [round(v, 2) for v in vals],
+                         "val_mean": round(statistics.fmean(vals), 2)}
+    chosen = max(summary, key=lambda n: summary[n]["val_mean"])
+    return {"splits": list(splits), "metric": "validation accuracy (%)", "candidates": summary, "chosen": chosen}
+
+
+def lr_sweep(cache: Path, lrs=LR_SWEEP, n_splits: int = DEFAULT_SPLITS, force: bool = False,
+             log: Callable[[str], None] = print) -> dict:
+    """Test accuracy of one_phase and two_phase against the backbone learning rate, splits 0..n-1.
+
+    A description of the recipe's sensitivity on the reporting splits, used for no choice."""
+    out: dict[str, dict] = {}
+    for recipe in ("one_phase", COURSE_RECIPE):
+        out[recipe] = {}
+        for lr in lrs:
+            cells = [run_cell(recipe, k, cache, force, None, {"backbone_lr": lr}, log, tag=f"lr{lr:g}")
+                     for k in range(n_splits)]
+            out[recipe][f"{lr:g}"] = [round(c["acc"], 2) for c in cells]
+    return {"backbone_lrs": [f"{lr:g}" for lr in lrs], "splits": list(range(n_splits)), "test_acc": out}
+
+
 QUICK_DATA = {"image_size": 64, "batch_size": 8, "limit": 16, "max_batches": 2}
 
 
@@ -471,7 +531,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure-only", action="store_true",
                         help="(re)measure phase1_speedup and loop_overhead, rewrite the results, run no recipe")
     parser.add_argument("--cache", type=Path, default=HERE / "cache", help="cache folder (default benchmarks/cache)")
+    parser.add_argument("--select", action="store_true",
+                        help="rank the candidate settings of the course's recipe on the validation parts of "
+                             "splits 5-9 (benchmarks/selection.json), run nothing else")
+    parser.add_argument("--lr-sweep", action="store_true",
+                        help="one_phase and two_phase against the backbone learning rate on splits 0-4 "
+                             "(benchmarks/lr_sweep.json), run nothing else")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the results section of README.md from benchmarks/results.json, run nothing")
     args = parser.parse_args(argv)
+    if args.readme:
+        readme = HERE.parent / "README.md"
+        _atomic_write(readme, update_readme(readme.read_text(), json.loads((HERE / "results.json").read_text())))
+        print(f"updated {readme}")
+        return 0
+    if args.select or args.lr_sweep:
+        torch.set_num_threads(os.cpu_count() or 1)
+        log = lambda s: print(s, flush=True)  # noqa: E731
+        if args.select:
+            chosen = select_recipe(args.cache, CANDIDATES, force=args.force, log=log)
+            _atomic_write(HERE / "selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
+                                                                         "torch": torch.__version__}, indent=1) + "\n")
+            log(json.dumps(chosen, indent=1))
+        if args.lr_sweep:
+            sweep = lr_sweep(args.cache, n_splits=args.splits, force=args.force, log=log)
+            _atomic_write(HERE / "lr_sweep.json", json.dumps(sweep | {"date": _now(), "machine": machine(),
+                                                                       "torch": torch.__version__}, indent=1) + "\n")
+            log(json.dumps(sweep, indent=1))
+        return 0
 
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in RECIPES]

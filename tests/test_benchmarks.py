@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from benchmarks import run
-from benchmarks.recipes import RECIPES, SMOKE, make_data, accuracy_of
+from pathlib import Path
+
+from benchmarks.recipes import RECIPES, SMOKE, accuracy_of, correct_of, make_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {"image_size": 64, "batch_size": 8, "limit": 16, "max_batches": 1, "device": "cpu"}
 
@@ -53,7 +57,9 @@ def test_recipe_runs_one_step(name, tiny):
     logits = model.eval()(torch.zeros(2, 3, 64, 64))
     assert logits.shape == (2, 8)
     assert torch.isfinite(logits).all()
-    assert 0.0 <= accuracy_of(model, tiny) <= 100.0
+    correct = correct_of(model, tiny)
+    assert len(correct) == len(tiny.test) and set(correct) <= {0, 1}
+    assert accuracy_of(model, tiny) == pytest.approx(100 * sum(correct) / len(correct))
 
 
 def test_recipes_change_the_weights_they_claim_to_train(tiny):
@@ -117,6 +123,35 @@ def test_results_writer_on_fake_numbers(tmp_path):
     assert "incomplete: 1/5 splits" in md
     assert "test machine" in md and "python -m benchmarks.run" in md
     assert md.index("keras_guide") < md.index("| linear_probe")  # sorted by mean
+
+
+def test_paired_verdicts_follow_the_interval_not_the_means():
+    """The one rule: ahead/behind only when the paired interval excludes zero, tie otherwise."""
+    from tl_helpers.benchmark_results import comparison_table, paired_rows
+
+    results = {"course_recipe": "two_phase", "clipart8": {
+        "two_phase": {"mean": 76.0, "splits": [80.0, 78.0, 75.0, 73.0, 74.0]},
+        "steady": {"mean": 73.0, "splits": [77.0, 75.0, 72.0, 70.0, 71.0]},      # 3 points below on every split
+        "noisy": {"mean": 74.4, "splits": [86.0, 70.0, 80.0, 66.0, 70.0]},       # 1.6 below on average, all over
+        "better": {"mean": 79.0, "splits": [83.0, 81.0, 78.0, 76.0, 77.0]}}}
+    verdicts = {r["name"]: r["verdict"] for r in paired_rows(results)}
+    assert verdicts == {"steady": "ahead", "noisy": "tie", "better": "behind"}
+    assert "| noisy | +1.6 |" in comparison_table(results)
+
+
+def test_readme_results_section_is_generated_from_results_json():
+    from tl_helpers.benchmark_results import update_readme
+
+    readme = (ROOT / "README.md").read_text()
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    assert update_readme(readme, results) == readme, "run `python -m benchmarks.run --readme` after make bench"
+
+
+def test_selection_never_reads_a_reporting_split():
+    from benchmarks.recipes import CANDIDATES, SELECTION_SPLITS
+
+    assert not set(SELECTION_SPLITS) & set(range(run.DEFAULT_SPLITS))
+    assert "brief_head" in CANDIDATES
 
 
 def test_cli_rejects_unknown_recipe():
