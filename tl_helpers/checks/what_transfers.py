@@ -1,0 +1,169 @@
+"""Checkers for the exercises on what transfers: copying layers, the L2-SP penalty, paired intervals.
+
+>>> from tl_helpers.checks.what_transfers import check_copy_first_k
+>>> def copy_first_k(source, target, k):
+...     for (_, s), (_, t) in list(zip(source.named_children(), target.named_children()))[:k]:
+...         t.load_state_dict(s.state_dict())
+...     return target
+>>> ok = check_copy_first_k(copy_first_k)
+✅ Correct: the first k layers hold copies of the source's weights, the others are untouched, for k = 0, 2 and 4.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from tl_helpers.checks import Exercise, _NotYet, _checker, _type_error
+
+
+def _tiny_net(seed: int) -> nn.Sequential:
+    """A five-layer network with named children, like the chapter's CNN but smaller."""
+    torch.manual_seed(seed)
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        conv2=nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        conv3=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        fc=nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.ReLU()),
+        head=nn.Linear(5, 3)))
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@_checker("write def copy_first_k(source, target, k) that copies weights with load_state_dict and returns target.")
+def check_copy_first_k(fn: Callable) -> str:
+    """Does ``fn(source, target, k)`` copy the first k layers' weights of source into target, and only those?"""
+    if not callable(fn):
+        raise _type_error(fn, "a function copy_first_k(source, target, k)",
+                          "define def copy_first_k(source, target, k): ... and pass copy_first_k")
+    for k in (0, 2, 4):
+        source, target = _tiny_net(1), _tiny_net(2)
+        before = copy.deepcopy(target)
+        out = fn(source, target, k)
+        result = out if isinstance(out, nn.Module) else target
+        names = [n for n, _ in result.named_children()]
+        for i, name in enumerate(names):
+            got, src, old = (getattr(m, name) for m in (result, source, before))
+            if i < k and not _same(got, src):
+                raise _NotYet(f"with k = {k}, layer '{name}' (number {i + 1}) does not hold the source's weights",
+                              "copy the first k children in order: zip(source.named_children(), "
+                              "target.named_children()), then [:k]")
+            if i >= k and not _same(got, old):
+                what = "every layer is copied" if k == 0 else f"layer '{name}' (number {i + 1}) changed too"
+                raise _NotYet(f"with k = {k}, {what}; only the first {k} may change",
+                              "stop after k layers (slice [:k]; careful with off-by-one and k = 0)")
+        shared = {id(p) for p in source.parameters()} & {id(p) for p in result.parameters()}
+        if shared:
+            raise _NotYet("the target shares parameter tensors with the source (the same objects), so training "
+                          "the target would also change the source model",
+                          "copy the values with target_layer.load_state_dict(source_layer.state_dict()) "
+                          "instead of assigning the source's modules")
+    return "the first k layers hold copies of the source's weights, the others are untouched, for k = 0, 2 and 4."
+
+
+def _reference_l2_sp(model: nn.Module, source: dict, alpha: float, beta: float) -> torch.Tensor:
+    near = sum(((p - source[n]) ** 2).sum() for n, p in model.named_parameters() if n in source)
+    far = sum((p ** 2).sum() for n, p in model.named_parameters() if n not in source)
+    return alpha / 2 * near + beta / 2 * far
+
+
+@_checker("write def l2_sp(model, source, alpha, beta) returning one tensor that gradients flow through.")
+def check_l2_sp(fn: Callable) -> str:
+    """Does ``fn(model, source, alpha, beta)`` compute the L2-SP penalty, value and gradient?"""
+    if not callable(fn):
+        raise _type_error(fn, "a function l2_sp(model, source, alpha, beta)",
+                          "define def l2_sp(model, source, alpha, beta): ... and pass l2_sp")
+    model = _tiny_net(3)
+    source = {n: p.detach() + 0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(4))
+              for n, p in model.named_parameters() if not n.startswith("head")}
+    alpha, beta = 0.3, 0.05
+    got = fn(model, source, alpha, beta)
+    if not isinstance(got, torch.Tensor) or got.numel() != 1:
+        raise _type_error(got, "a one-element tensor", "return the penalty as a tensor, e.g. alpha / 2 * total")
+    want = _reference_l2_sp(model, source, alpha, beta)
+    if not got.requires_grad:
+        raise _NotYet("the penalty has no gradient, so adding it to the loss would change nothing",
+                      "compute it from the parameters themselves, without .detach(), .item() or torch.no_grad()")
+    value, target = float(got), float(want)
+    if math.isclose(value, 2 * target, rel_tol=1e-4):
+        raise _NotYet("the penalty is twice too large", "the formula has alpha / 2 and beta / 2 in front")
+    near_only = float(_reference_l2_sp(model, source, alpha, 0.0))
+    if math.isclose(value, near_only, rel_tol=1e-4):
+        raise _NotYet("the new head is not penalised", "add beta / 2 * ||w||^2 over the parameters not in source")
+    zero = {n: torch.zeros_like(v) for n, v in source.items()}
+    if math.isclose(value, float(_reference_l2_sp(model, zero, alpha, beta)), rel_tol=1e-4):
+        raise _NotYet("the transferred weights are pulled towards zero: that is plain weight decay",
+                      "penalise (w - source[name]) for the transferred parameters")
+    if not math.isclose(value, target, rel_tol=1e-4):
+        raise _NotYet(f"the penalty is {value:.5g}, expected {target:.5g}",
+                      "alpha/2 * sum of (w - w_source)^2 over the names in source, plus beta/2 * sum of w^2 "
+                      "over the other parameters")
+    name = "conv1.0.weight"
+    grad = torch.autograd.grad(got, dict(model.named_parameters())[name])[0]
+    if not torch.allclose(grad, alpha * (dict(model.named_parameters())[name] - source[name]), atol=1e-6):
+        raise _NotYet("the value is right but the gradient is not alpha * (w - w_source)",
+                      "build the penalty from the parameters directly, with no detached pieces")
+    return f"penalty {value:.4g} and its gradient alpha * (w - w_source) match L2-SP."
+
+
+def _reference_interval(a, b, level: float) -> tuple[float, float, float]:
+    from scipy import stats
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+@_checker("write def paired_interval(a, b, level=0.95) returning (mean difference, low, high).")
+def check_paired_interval(fn: Callable) -> str:
+    """Does ``fn(a, b, level)`` give the paired t-interval of the mean difference a - b?"""
+    if not callable(fn):
+        raise _type_error(fn, "a function paired_interval(a, b, level)",
+                          "define def paired_interval(a, b, level=0.95): ... and pass paired_interval")
+    rng = np.random.default_rng(0)
+    common = rng.normal(0.7, 0.05, 5)                    # each seed's own difficulty, shared by a and b
+    a, b = common + rng.normal(0.02, 0.01, 5), common + rng.normal(0.0, 0.01, 5)
+    got = fn(list(a), list(b), 0.95)
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        raise _type_error(got, "a tuple (mean difference, low, high)", "return mean, mean - half, mean + half")
+    mean, low, high = (float(v) for v in got)
+    want = _reference_interval(a, b, 0.95)
+    d = a - b
+    if not math.isclose(mean, want[0], abs_tol=1e-9):
+        raise _NotYet(f"the mean difference is {mean:.4f}, expected {want[0]:.4f}", "it is mean(a - b)")
+    half = (high - low) / 2
+    sem1, sem0 = d.std(ddof=1) / math.sqrt(5), d.std(ddof=0) / math.sqrt(5)
+    from scipy import stats
+    t4 = stats.t.ppf(0.975, 4)
+    if math.isclose(half, 1.96 * sem1, rel_tol=1e-3):
+        raise _NotYet("the interval uses 1.96, the normal distribution's quantile",
+                      "with 5 seeds use Student's t with n - 1 = 4 degrees of freedom: scipy.stats.t.ppf(0.975, 4)")
+    if math.isclose(half, t4 * sem0, rel_tol=1e-3):
+        raise _NotYet("the standard deviation divides by n", "use the sample standard deviation, ddof=1")
+    unpaired = t4 * math.sqrt(a.var(ddof=1) / 5 + b.var(ddof=1) / 5)
+    if half > 2 * (want[2] - want[0]) and math.isclose(half, unpaired, rel_tol=0.2):
+        raise _NotYet("the interval treats a and b as independent samples, so each seed's own difficulty "
+                      "widens it", "pair them: compute d = a - b per seed, then the interval of mean(d)")
+    if not (math.isclose(low, want[1], abs_tol=1e-6) and math.isclose(high, want[2], abs_tol=1e-6)):
+        raise _NotYet(f"got ({low:.4f}, {high:.4f}), expected ({want[1]:.4f}, {want[2]:.4f})",
+                      "mean(d) -/+ t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / sqrt(n)")
+    got99 = fn(list(a), list(b), 0.99)
+    want99 = _reference_interval(a, b, 0.99)
+    if not math.isclose(float(got99[2]), want99[2], abs_tol=1e-6):
+        raise _NotYet("the interval ignores the level argument", "use t.ppf(0.5 + level / 2, n - 1)")
+    return f"mean difference {mean:.4f}, 95 % interval ({low:.4f}, {high:.4f}), paired over 5 seeds."
+
+
+EXERCISES: dict[str, Exercise] = {
+    "08.1": Exercise("Copy the first k layers", "08", check_copy_first_k),
+    "08.2": Exercise("The L2-SP penalty", "08", check_l2_sp),
+    "08.3": Exercise("A paired t-interval over seeds", "08", check_paired_interval),
+}
