@@ -1,4 +1,5 @@
-"""The L2-SP penalty (zero at the source, gradient alpha * (w - w_source)) and the checkers of its chapter."""
+"""The L2-SP penalty (zero at the source, gradient alpha * (w - w_source)) and the checkers of its chapter
+(copying layers, the paired t-interval, the decoupled L2-SP step)."""
 
 from __future__ import annotations
 
@@ -78,10 +79,35 @@ def share_modules(source, target, k):
     return target
 
 
-def l2_sp(model, source, alpha, beta):
-    near = sum(((p - source[n]) ** 2).sum() for n, p in model.named_parameters() if n in source)
-    far = sum((p ** 2).sum() for n, p in model.named_parameters() if n not in source)
-    return alpha / 2 * near + beta / 2 * far
+def pull_towards_source(model, source, lr, alpha, beta):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p -= lr * (alpha * (p - source[n]) if n in source else beta * p)
+
+
+def pull_frozen_too(model, source, lr, alpha, beta):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p -= lr * (alpha * (p - source[n]) if n in source else beta * p)
+
+
+def pull_to_zero(model, source, lr, alpha, beta):
+    pull_towards_source(model, {k: torch.zeros_like(v) for k, v in source.items()}, lr, alpha, beta)
+
+
+def pull_away(model, source, lr, alpha, beta):
+    pull_towards_source(model, source, -lr, alpha, -beta)
+
+
+def no_head(model, source, lr, alpha, beta):
+    pull_towards_source(model, source, lr, alpha, 0.0)
+
+
+def outside_no_grad(model, source, lr, alpha, beta):
+    for n, p in model.named_parameters():
+        if p.requires_grad and n in source:
+            p -= lr * alpha * (p - source[n])
 
 
 def paired_interval(a, b, level=0.95):
@@ -110,11 +136,13 @@ def unpaired_interval(a, b, level=0.95):
     (wt.check_copy_first_k, copy_one_too_many, "only the first"),
     (wt.check_copy_first_k, share_modules, "shares parameter tensors"),
     (wt.check_copy_first_k, 3, "expected a function"),
-    (wt.check_l2_sp, l2_sp, "Correct"),
-    (wt.check_l2_sp, lambda m, s, a, b: 2 * l2_sp(m, s, a, b), "twice too large"),
-    (wt.check_l2_sp, lambda m, s, a, b: l2_sp(m, s, a, 0.0), "head is not penalised"),
-    (wt.check_l2_sp, lambda m, s, a, b: l2_sp(m, {k: 0 * v for k, v in s.items()}, a, b), "plain weight decay"),
-    (wt.check_l2_sp, lambda m, s, a, b: l2_sp(m, s, a, b).detach(), "no gradient"),
+    (wt.check_pull_towards_source, pull_towards_source, "Correct"),
+    (wt.check_pull_towards_source, pull_frozen_too, "frozen layer"),
+    (wt.check_pull_towards_source, pull_to_zero, "plain weight decay"),
+    (wt.check_pull_towards_source, pull_away, "away from the source"),
+    (wt.check_pull_towards_source, no_head, "head did not move"),
+    (wt.check_pull_towards_source, outside_no_grad, "torch.no_grad"),
+    (wt.check_pull_towards_source, lambda *args: None, "no weight changed"),
     (wt.check_paired_interval, paired_interval, "Correct"),
     (wt.check_paired_interval, z_interval, "1.96"),
     (wt.check_paired_interval, unpaired_interval, "independent samples"),

@@ -1,4 +1,4 @@
-"""Checkers for the exercises on what transfers: copying layers, the L2-SP penalty, paired intervals.
+"""Checkers for the exercises on what transfers: copying layers, paired intervals, a decoupled L2-SP step.
 
 >>> from tl_helpers.checks.what_transfers import check_copy_first_k
 >>> def copy_first_k(source, target, k):
@@ -69,49 +69,62 @@ def check_copy_first_k(fn: Callable) -> str:
     return "the first k layers hold copies of the source's weights, the others are untouched, for k = 0, 2 and 4."
 
 
-def _reference_l2_sp(model: nn.Module, source: dict, alpha: float, beta: float) -> torch.Tensor:
-    near = sum(((p - source[n]) ** 2).sum() for n, p in model.named_parameters() if n in source)
-    far = sum((p ** 2).sum() for n, p in model.named_parameters() if n not in source)
-    return alpha / 2 * near + beta / 2 * far
+def _reference_pull(model: nn.Module, source: dict, lr: float, alpha: float, beta: float) -> dict:
+    out = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            out[n] = p.detach().clone()
+        elif n in source:
+            out[n] = p.detach() - lr * alpha * (p.detach() - source[n])
+        else:
+            out[n] = p.detach() - lr * beta * p.detach()
+    return out
 
 
-@_checker("write def l2_sp(model, source, alpha, beta) returning one tensor that gradients flow through.")
-def check_l2_sp(fn: Callable) -> str:
-    """Does ``fn(model, source, alpha, beta)`` compute the L2-SP penalty, value and gradient?"""
+@_checker("write def pull_towards_source(model, source, lr, alpha, beta) that changes the weights in place "
+          "inside torch.no_grad().")
+def check_pull_towards_source(fn: Callable) -> str:
+    """Does ``fn(model, source, lr, alpha, beta)`` take the decoupled L2-SP step on every trainable weight?"""
     if not callable(fn):
-        raise _type_error(fn, "a function l2_sp(model, source, alpha, beta)",
-                          "define def l2_sp(model, source, alpha, beta): ... and pass l2_sp")
+        raise _type_error(fn, "a function pull_towards_source(model, source, lr, alpha, beta)",
+                          "define def pull_towards_source(model, source, lr, alpha, beta): ... and pass it")
     model = _tiny_net(3)
-    source = {n: p.detach() + 0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(4))
+    model.conv1.requires_grad_(False)                    # a frozen layer: it must not move
+    g = torch.Generator().manual_seed(4)
+    source = {n: p.detach() + 0.1 * torch.randn(p.shape, generator=g)
               for n, p in model.named_parameters() if not n.startswith("head")}
-    alpha, beta = 0.3, 0.05
-    got = fn(model, source, alpha, beta)
-    if not isinstance(got, torch.Tensor) or got.numel() != 1:
-        raise _type_error(got, "a one-element tensor", "return the penalty as a tensor, e.g. alpha / 2 * total")
-    want = _reference_l2_sp(model, source, alpha, beta)
-    if not got.requires_grad:
-        raise _NotYet("the penalty has no gradient, so adding it to the loss would change nothing",
-                      "compute it from the parameters themselves, without .detach(), .item() or torch.no_grad()")
-    value, target = float(got), float(want)
-    if math.isclose(value, 2 * target, rel_tol=1e-4):
-        raise _NotYet("the penalty is twice too large", "the formula has alpha / 2 and beta / 2 in front")
-    near_only = float(_reference_l2_sp(model, source, alpha, 0.0))
-    if math.isclose(value, near_only, rel_tol=1e-4):
-        raise _NotYet("the new head is not penalised", "add beta / 2 * ||w||^2 over the parameters not in source")
-    zero = {n: torch.zeros_like(v) for n, v in source.items()}
-    if math.isclose(value, float(_reference_l2_sp(model, zero, alpha, beta)), rel_tol=1e-4):
-        raise _NotYet("the transferred weights are pulled towards zero: that is plain weight decay",
-                      "penalise (w - source[name]) for the transferred parameters")
-    if not math.isclose(value, target, rel_tol=1e-4):
-        raise _NotYet(f"the penalty is {value:.5g}, expected {target:.5g}",
-                      "alpha/2 * sum of (w - w_source)^2 over the names in source, plus beta/2 * sum of w^2 "
-                      "over the other parameters")
-    name = "conv1.0.weight"
-    grad = torch.autograd.grad(got, dict(model.named_parameters())[name])[0]
-    if not torch.allclose(grad, alpha * (dict(model.named_parameters())[name] - source[name]), atol=1e-6):
-        raise _NotYet("the value is right but the gradient is not alpha * (w - w_source)",
-                      "build the penalty from the parameters directly, with no detached pieces")
-    return f"penalty {value:.4g} and its gradient alpha * (w - w_source) match L2-SP."
+    lr, alpha, beta = 0.1, 0.5, 0.2
+    want = _reference_pull(model, source, lr, alpha, beta)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fn(model, source, lr, alpha, beta)
+    got = {n: p.detach() for n, p in model.named_parameters()}
+    if all(torch.equal(got[n], before[n]) for n in got):
+        raise _NotYet("no weight changed", "update the parameters in place: p.sub_(...) or p -= ..., "
+                      "inside torch.no_grad()")
+    if any(not torch.equal(got[n], before[n]) for n in got if n.startswith("conv1")):
+        raise _NotYet("a frozen layer (requires_grad=False) moved", "skip parameters with requires_grad False")
+    name = "conv2.0.weight"
+    step = got[name] - before[name]
+    towards = -lr * alpha * (before[name] - source[name])
+    if torch.allclose(step, -towards, atol=1e-6):
+        raise _NotYet("the transferred weights move away from the source", "the step is "
+                      "w <- w - lr * alpha * (w - w_source): mind the sign")
+    if torch.allclose(step, -lr * alpha * before[name], atol=1e-6):
+        raise _NotYet("the transferred weights shrink towards zero: that is plain weight decay",
+                      "pull them towards source[name]: w <- w - lr * alpha * (w - w_source)")
+    if not torch.allclose(got[name], want[name], atol=1e-6):
+        raise _NotYet("a transferred weight did not get w - lr * alpha * (w - w_source)",
+                      "use lr * alpha for the parameters whose name is in source")
+    head = "head.weight"
+    if torch.equal(got[head], before[head]):
+        raise _NotYet("the new head did not move", "the parameters not in source decay towards zero: "
+                      "w <- w - lr * beta * w")
+    if not torch.allclose(got[head], want[head], atol=1e-6):
+        raise _NotYet("the new head did not get w - lr * beta * w", "use beta, not alpha, for the new layers")
+    bad = [n for n in got if not torch.allclose(got[n], want[n], atol=1e-6)]
+    if bad:
+        raise _NotYet(f"{bad[0]} is not where the step should put it", "apply the rule to every trainable parameter")
+    return "transferred weights move lr * alpha of the way back to the source, the new head decays, frozen ones stay."
 
 
 def _reference_interval(a, b, level: float) -> tuple[float, float, float]:
@@ -164,6 +177,6 @@ def check_paired_interval(fn: Callable) -> str:
 
 EXERCISES: dict[str, Exercise] = {
     "08.1": Exercise("Copy the first k layers", "08", check_copy_first_k),
-    "08.2": Exercise("The L2-SP penalty", "08", check_l2_sp),
-    "08.3": Exercise("A paired t-interval over seeds", "08", check_paired_interval),
+    "08.2": Exercise("A paired t-interval over seeds", "08", check_paired_interval),
+    "08.3": Exercise("L2-SP as a decoupled step", "08", check_pull_towards_source),
 }
