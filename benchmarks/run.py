@@ -57,8 +57,8 @@ from torch import nn  # noqa: E402
 from benchmarks.recipes import (BATCH_SIZE, CANDIDATES, COURSE_RECIPE, IMAGE_SIZE, LR_SWEEP, RECIPES,
                                 SELECTION_SPLITS, SMOKE, BenchData, accuracy_of, correct_of,
                                 make_data)  # noqa: E402
-from tl_helpers.benchmark_results import comparison_table, paired_rows, update_readme  # noqa: E402
-from tl_helpers.data import read_manifest  # noqa: E402
+from tl_helpers.benchmark_results import comparison_table, paired_rows, stale_note, update_readme  # noqa: E402
+from tl_helpers.data import dataset_fingerprint  # noqa: E402
 from tl_helpers.runtime import seed_everything  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -117,16 +117,8 @@ def cell_path(cache: Path, recipe: str, split: int, tag: str | None = None) -> P
     return cache / DATASET / (f"{recipe}@{tag}" if tag else recipe) / f"split{split}.json"
 
 
-def dataset_version() -> str:
-    """A short hash of the shipped manifest's files and near-duplicate groups: cells computed on other
-    splits (before groups existed, or with other groups) are never reused."""
-    rows = read_manifest()
-    text = "\n".join(f"{r['file']},{r.get('group', '')}" for r in rows)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def cell_config(recipe: str, split: int, data_kwargs: dict, overrides: dict | None = None) -> dict:
-    return {"recipe": recipe, "split": split, "dataset": dataset_version(),
+    return {"recipe": recipe, "split": split, "dataset": dataset_fingerprint(),
             "image_size": data_kwargs.get("image_size", IMAGE_SIZE),
             "batch_size": data_kwargs.get("batch_size", BATCH_SIZE), "limit": data_kwargs.get("limit"),
             "max_batches": data_kwargs.get("max_batches"),
@@ -224,7 +216,7 @@ def write_results(out_dir: Path, complete: dict, incomplete: dict, measurements:
     results["loop_overhead"] = measurements.get("loop_overhead")
     if measurements:
         results["measurements"] = measurements
-    results.update({"splits": list(range(n_splits)), "image_size": image_size, "batch_size": batch_size,
+    results.update({"dataset": dataset_fingerprint(), "splits": list(range(n_splits)), "image_size": image_size, "batch_size": batch_size,
                     "backbone": "efficientnet_lite0", "machine": machine_line or machine(),
                     "command": command, "date": _now(), "torch": torch.__version__})
     _atomic_write(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
@@ -243,6 +235,7 @@ def results_markdown(results: dict) -> str:
              f"included; test pass excluded). No setting of any recipe was chosen on these test parts "
              f"(the protocol: benchmarks/README.md).",
              "",
+             *([f"**Note.** {stale_note(results)}", ""] if stale_note(results) else []),
              "| recipe | mean (%) | std | seconds / split | per split (%) |",
              "|---|---:|---:|---:|---|"]
     rows = [(name, e, "") for name, e in results[DATASET].items()]

@@ -42,6 +42,17 @@ def load_results(path: str | Path | None = None) -> dict:
     return json.loads(Path(path or find_results()).read_text())
 
 
+def stale_note(results: dict) -> str | None:
+    """A warning when the results were computed on other splits than the shipped dataset's, else None."""
+    from tl_helpers.data import dataset_fingerprint
+
+    if results.get("dataset") == dataset_fingerprint():
+        return None
+    return ("These figures come from splits made before near-duplicate groups existed, where some test images "
+            "had a twin (a colour or black-and-white version, a numbered variant) in the training part, which "
+            "flatters every recipe. They await a rerun of `make bench` on the current, leak-free splits.")
+
+
 def paired_rows(results: dict, course: str | None = None) -> list[dict]:
     """The course's recipe against every other complete recipe, paired by split: name, mean difference
     (points), 95 % t-interval over the splits and verdict, best-placed first."""
@@ -92,7 +103,11 @@ def readme_block(results: dict) -> str:
     course = results.get("course_recipe", "two_phase")
     table = results[DATASET]
     n = len(results["splits"])
-    lines = [README_BEGIN, "", "| recipe | test accuracy, mean ± std over the splits |", "|---|---|"]
+    lines = [README_BEGIN, ""]
+    note = stale_note(results)
+    if note:
+        lines += [f"**Note.** {note}", ""]
+    lines += ["| recipe | test accuracy, mean ± std over the splits |", "|---|---|"]
     for name, entry in sorted(table.items(), key=lambda kv: -kv[1]["mean"]):
         lines.append(f"| {LABELS.get(name, name)} | {entry['mean']:.1f} ± {entry['std']:.1f} % |")
     rows = paired_rows(results, course)

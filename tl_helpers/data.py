@@ -87,6 +87,18 @@ def read_manifest(root: Path | None = None) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def dataset_fingerprint(root: Path | None = None) -> str:
+    """A short hash of the manifest's files and near-duplicate groups: results computed on another version
+    of the dataset (other files, other groups, hence other splits) can be told apart and never reused.
+
+    >>> len(dataset_fingerprint())
+    12
+    """
+    rows = read_manifest(root)
+    text = "\n".join(f"{r['file']},{r.get('group', '')}" for r in rows)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def clipart_dataset(transform: Callable | None = None, root: Path | None = None) -> datasets.ImageFolder:
     """The whole Clipart dataset as a torchvision ``ImageFolder`` (classes sorted by name)."""
     root = root or clipart_root()
