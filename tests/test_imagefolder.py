@@ -1,0 +1,274 @@
+"""Scanning a folder of one's own images (tl_helpers.imagefolder): the bad-input matrix, splits, the dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from tl_helpers.data import extract_features, make_loader
+from tl_helpers.imagefolder import (IMAGE_EXTENSIONS, DataError, ImageFiles, check_image, read_images,
+                                    scan_dataset, scan_image_folder, split_folder, write_example_folder)
+
+
+def drawing(seed: int, size: int = 48) -> Image.Image:
+    """A random blocky colour drawing on white (different seeds are not near-duplicates)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 255, dtype=np.uint8)
+    for _ in range(6):
+        x, y = rng.integers(0, size - 12, size=2)
+        img[y:y + 12, x:x + 12] = rng.integers(0, 200, size=3)
+    return Image.fromarray(img)
+
+
+def name(k: int) -> str:
+    """A distinct file stem per k that no variant rule merges ("img_1", "img_2" all normalise to "img")."""
+    return "img_" + "".join(chr(97 + int(d)) for d in str(k))
+
+
+def make_folder(root, classes: dict[str, int], start: int = 0):
+    """root/<class>/<name(k)>.png with distinct drawings; returns root."""
+    seed = start
+    for cls, n in classes.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            drawing(seed).save(root / cls / f"{name(k)}.png")
+            seed += 1
+    return root
+
+
+def test_extensions_are_torchvisions():
+    assert set(IMAGE_EXTENSIONS) == set(IMG_EXTENSIONS)
+
+
+def test_a_clean_folder_scans_like_imagefolder(tmp_path):
+    root = make_folder(tmp_path, {"cats": 4, "dogs": 3})
+    report = scan_image_folder(root, progress=False)
+    assert report.classes == ["cats", "dogs"] and report.counts == {"cats": 4, "dogs": 3}
+    assert not report.skipped and not report.ignored and not report.duplicates
+    ds = report.dataset()
+    assert len(ds) == 7 and ds.targets == [0] * 4 + [1] * 3 and ds.class_to_idx == {"cats": 0, "dogs": 1}
+    img, label = ds[5]
+    assert img.mode == "RGB" and label == 1
+
+
+# --- the bad-input matrix: each case ends in a usable report or a clear error -------------------------
+
+def write_truncated(path):
+    drawing(99, 64).save(path.with_suffix(".tmp.png"))
+    data = path.with_suffix(".tmp.png").read_bytes()
+    path.with_suffix(".tmp.png").unlink()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BAD_FILES = {
+    "truncated.png": (write_truncated, "damaged"),
+    "empty.jpg": (lambda p: p.write_bytes(b""), "empty file"),
+    "notes.jpg": (lambda p: p.write_text("shopping list: milk, eggs"), "holds text"),
+    "random.png": (lambda p: p.write_bytes(bytes(range(256)) * 4), "not an image"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_each_bad_file_is_skipped_with_its_reason_and_the_rest_is_used(tmp_path, name):
+    root = make_folder(tmp_path, {"a": 3, "b": 3})
+    write, reason = BAD_FILES[name]
+    write(root / "a" / name)
+    report = scan_image_folder(root, progress=False)
+    assert [(s.path.name, reason in s.reason) for s in report.skipped] == [(name, True)]
+    assert report.counts == {"a": 3, "b": 3}
+    assert f"a/{name}" in report.summary() and "1 skipped" in report.summary()
+
+
+def test_all_bad_files_are_found_in_one_pass(tmp_path):
+    root = make_folder(tmp_path, {"a": 3, "b": 3})
+    for name, (write, _) in BAD_FILES.items():
+        write(root / "b" / name)
+    report = scan_image_folder(root, progress=False)
+    assert sorted(s.path.name for s in report.skipped) == sorted(BAD_FILES)
+    assert len(report.dataset()) == 6
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "I;16", "P+transparency", "LA", "RGBA"])
+def test_unusual_modes_become_rgb(tmp_path, mode):
+    root = make_folder(tmp_path, {"a": 2, "b": 2})
+    base = drawing(7)
+    if mode == "CMYK":
+        img, name = base.convert("CMYK"), "x.jpg"
+    elif mode == "I;16":
+        img, name = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)), "x.png"
+        assert img.mode == "I;16"
+    elif mode == "P+transparency":
+        img, name = base.convert("P"), "x.png"
+        img.info["transparency"] = 0
+    else:
+        img, name = base.convert(mode), "x.png"
+    img.save(root / "a" / name)
+    report = scan_image_folder(root, progress=False)
+    assert not report.skipped and report.counts["a"] == 3
+    rgb, reason = check_image(root / "a" / name)
+    assert reason is None and rgb.mode == "RGB"
+    if mode == "I;16":  # 16-bit values scaled to 8 bits, not clipped to white
+        assert np.abs(np.asarray(rgb)[..., 0].astype(int) - np.asarray(base.convert("L"))).max() <= 1
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    root = make_folder(tmp_path, {"a": 2, "b": 2})
+    Image.new("RGB", (200, 100), "white").save(root / "a" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 x 100 = 20,000 pixels
+    report = scan_image_folder(root, progress=False)
+    assert [s.path.name for s in report.skipped] == ["huge.png"]
+    assert "decompression-bomb limit" in report.skipped[0].reason and "MAX_IMAGE_PIXELS" in report.skipped[0].reason
+
+
+def test_empty_class_folder_is_left_out_and_reported(tmp_path):
+    root = make_folder(tmp_path, {"a": 3, "b": 3})
+    (root / "c").mkdir()
+    report = scan_image_folder(root, progress=False)
+    assert report.classes == ["a", "b"] and report.empty_classes == ["c"]
+    assert "c/" in report.summary()
+
+
+def test_a_class_with_only_bad_files_counts_as_empty(tmp_path):
+    root = make_folder(tmp_path, {"a": 3, "b": 3})
+    (root / "c").mkdir()
+    (root / "c" / "x.jpg").write_text("text")
+    report = scan_image_folder(root, progress=False)
+    assert report.empty_classes == ["c"] and len(report.skipped) == 1
+
+
+def test_one_class_scans_but_cannot_be_split(tmp_path):
+    root = make_folder(tmp_path, {"only": 6})
+    report = scan_image_folder(root, progress=False)
+    assert "Only one class" in report.summary()
+    with pytest.raises(DataError, match="only one class .*'only'.*at least two"):
+        split_folder(report)
+
+
+def test_a_class_with_one_image_is_named_by_the_split_error(tmp_path):
+    root = make_folder(tmp_path, {"big": 10, "tiny": 1, "other": 10})
+    report = scan_image_folder(root, progress=False)
+    assert report.small_classes == ["tiny"]
+    with pytest.raises(DataError, match="'tiny'.*add images"):
+        split_folder(report)
+    parts = split_folder(report.without(["tiny"]))
+    assert sum(map(len, parts.values())) == 20
+
+
+def test_non_ascii_class_and_file_names(tmp_path):
+    root = make_folder(tmp_path, {"chats_été": 3, "狗": 3})
+    drawing(50).save(root / "狗" / "小狗 ü.png")
+    report = scan_image_folder(root, progress=False)
+    assert report.counts == {"chats_été": 3, "狗": 4}
+    assert "狗" in report.summary() and report.dataset()[6][0].size == (48, 48)
+
+
+def test_a_path_that_does_not_exist_or_is_a_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_image_folder(tmp_path / "nope", progress=False)
+    (tmp_path / "f.jpg").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        scan_image_folder(tmp_path / "f.jpg", progress=False)
+
+
+def test_a_folder_of_loose_images_says_to_make_class_folders(tmp_path):
+    drawing(1).save(tmp_path / "a.png")
+    with pytest.raises(DataError, match="no subfolders.*subfolder named after"):
+        scan_image_folder(tmp_path, progress=False)
+
+
+def test_other_files_are_ignored_and_hidden_ones_silently(tmp_path):
+    root = make_folder(tmp_path, {"a": 2, "b": 2})
+    (root / "README.md").write_text("x")
+    (root / "a" / "labels.csv").write_text("x")
+    (root / "a" / ".DS_Store").write_bytes(b"\0")
+    (root / ".git").mkdir()
+    report = scan_image_folder(root, progress=False)
+    assert sorted(report.relative(p) for p in report.ignored) == ["README.md", "a/labels.csv"]
+
+
+def test_duplicates_and_the_same_file_in_two_classes(tmp_path):
+    root = make_folder(tmp_path, {"a": 3, "b": 3})
+    (root / "a" / "copy.png").write_bytes((root / "a" / f"{name(0)}.png").read_bytes())
+    (root / "b" / "stray.png").write_bytes((root / "a" / f"{name(1)}.png").read_bytes())
+    report = scan_image_folder(root, progress=False)
+    assert len(report.duplicates) == 2
+    assert [[report.relative(p) for p in g] for g in report.conflicts] == [[f"a/{name(1)}.png", "b/stray.png"]]
+    assert "one label is wrong" in report.summary()
+
+
+# --- splits -----------------------------------------------------------------------------------------
+
+def test_split_is_stratified_reproducible_and_keeps_near_duplicates_together(tmp_path):
+    root = make_folder(tmp_path, {"a": 16, "b": 12})
+    for k in range(4):  # grayscale versions of four drawings: near-duplicates by hash and by name
+        Image.open(root / "a" / f"{name(k)}.png").convert("L").save(root / "a" / f"{name(k)}_bw.png")
+    report = scan_image_folder(root, progress=False)
+    parts = split_folder(report, seed=3)
+    assert parts == split_folder(report, seed=3) and parts != split_folder(report, seed=4)
+    assert sorted(i for p in parts.values() for i in p) == list(range(len(report.samples)))
+    part_of = {report.relative(report.samples[i][0]): k for k, idx in parts.items() for i in idx}
+    assert all(part_of[f"a/{name(k)}.png"] == part_of[f"a/{name(k)}_bw.png"] for k in range(4))
+    for k in ("train", "val", "test"):
+        assert {report.samples[i][1] for i in parts[k]} == {0, 1}
+
+
+def test_split_fractions_are_checked(tmp_path):
+    report = scan_image_folder(make_folder(tmp_path, {"a": 8, "b": 8}), progress=False)
+    with pytest.raises(DataError, match="fractions"):
+        split_folder(report, val=0.5, test=0.6)
+
+
+# --- the dataset works where an ImageFolder does ---------------------------------------------------
+
+def test_dataset_of_good_files_feeds_loaders_and_feature_extraction(tmp_path):
+    import torch
+    from torch import nn
+
+    from tl_helpers.data import eval_transform
+
+    root = make_folder(tmp_path, {"a": 3, "b": 2})
+    (root / "a" / "bad.jpg").write_text("no")
+    ds = scan_image_folder(root, progress=False).dataset(eval_transform(32))
+    x, y = next(iter(make_loader(ds, batch_size=8)))
+    assert x.shape == (5, 3, 32, 32) and y.tolist() == [0, 0, 0, 1, 1]
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    X, labels = extract_features(net, ds, cache=tmp_path / "cache", progress=False)
+    assert X.shape == (5, 4) and torch.equal(labels, torch.tensor([0, 0, 0, 1, 1]))
+
+
+def test_scan_dataset_checks_an_imagefolders_files(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    root = make_folder(tmp_path, {"a": 3, "b": 3})
+    write_truncated(root / "b" / "half.png")
+    report = scan_dataset(ImageFolder(str(root)), progress=False)
+    assert report.counts == {"a": 3, "b": 3} and [s.path.name for s in report.skipped] == ["half.png"]
+    with pytest.raises(DataError, match="ImageFolder-like"):
+        scan_dataset([1, 2, 3])
+
+
+def test_read_images_reports_bad_inputs_or_names_them(tmp_path):
+    drawing(0).save(tmp_path / "ok.png")
+    (tmp_path / "bad.jpg").write_text("no")
+    names, images, bad = read_images([tmp_path], skip_bad=True)
+    assert [n.rsplit("/", 1)[-1] for n in names] == ["bad.jpg", "ok.png"] and len(images) == 1 and 0 in bad
+    with pytest.raises(DataError, match="bad.jpg"):
+        read_images([tmp_path / "bad.jpg"])
+    with pytest.raises(DataError, match="No image"):
+        read_images([])
+
+
+def test_example_folder_has_the_planted_problems_and_never_deletes_a_foreign_folder(tmp_path):
+    folder, new = write_example_folder(tmp_path / "photos", classes=("birds", "fruit"), per_class=6)
+    report = scan_image_folder(folder, progress=False)
+    assert report.counts == {"birds": 7, "flowers": 2, "fruit": 6}  # birds: 6 and a byte-identical copy
+    assert sorted(s.path.name for s in report.skipped)[1] == "recipe.jpg" and len(report.skipped) == 2
+    assert report.small_classes == ["flowers"] and len(report.duplicates) == 1 and len(new) == 4
+    assert not {p.name for p in new} & {p.name for p, _ in report.samples}
+    write_example_folder(tmp_path / "photos", classes=("birds", "fruit"), per_class=6)  # rewrites its own
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError, match="not written by"):
+        write_example_folder(tmp_path / "mine")
+    assert isinstance(report.dataset(), ImageFiles)
