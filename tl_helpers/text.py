@@ -227,7 +227,10 @@ def load_text_model(name: str = MINILM, num_labels: int | None = None) -> tuple[
     local = name in MINILM_ALIASES
     source = minilm_folder() if local else name
     auto = AutoModel if num_labels is None else AutoModelForSequenceClassification
-    kwargs = {} if num_labels is None else {"num_labels": num_labels}
+    # the body alone needs no pooler: the chapter pools the token vectors itself (mean or [CLS])
+    kwargs = {"add_pooling_layer": False} if num_labels is None and local else {}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
     with _quiet_offline_transformers(offline=local):
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
