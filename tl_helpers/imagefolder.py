@@ -590,7 +590,7 @@ def write_example_folder(dest: str | Path, classes: Sequence[str] = ("beverages"
         first = sorted((dest / classes[0]).glob("*.jpg"))
         data = first[0].read_bytes()
         (dest / classes[0] / f"{first[0].stem}_download.jpg").write_bytes(data[: len(data) // 2])  # truncated
-        (dest / classes[1] / "recipe.jpg").write_text("<html><body>Not an image: a web page saved as .jpg</body></html>")
+        (dest / classes[-1] / "recipe.jpg").write_text("<html><body>Not an image: a web page saved as .jpg</body></html>")
         shutil.copyfile(first[1], dest / classes[0] / f"copy of {first[1].name}")
         (dest / "notes.txt").write_text("Photos for the classifier.\n")
     return dest, sorted(new)
