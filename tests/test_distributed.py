@@ -67,7 +67,7 @@ def test_bad_batch_fails_in_every_process_without_hanging():
 
 def test_recipe_runs_under_torchrun(tmp_path):
     ck, summary = tmp_path / "ddp.pt", tmp_path / "summary.json"
-    proc = torchrun("--image-size", "64", "--head-epochs", "2", "--top-epochs", "1", "--all-epochs", "1",
+    proc = torchrun("--image-size", "32", "--head-epochs", "2", "--top-epochs", "1", "--all-epochs", "1",
                     "--checkpoint", str(ck), "--summary", str(summary))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(summary.read_text())

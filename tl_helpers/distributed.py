@@ -407,13 +407,17 @@ def fit_ddp(model: nn.Module, train_loader: DataLoader, val_set: Dataset | None,
     :func:`tl_helpers.train.train_one_epoch` (DDP averages the gradients inside ``backward()``), the
     training loss and accuracy reduced over processes, validation on shards (:func:`evaluate_sharded`).
     Rank 0 alone shows the progress bar and writes ``checkpoint`` (the unwrapped model's weights, the
-    optimizer and the history) at the end of every epoch. Each history row adds ``images_per_s``: training
-    images of all processes per second of the slowest one. Every process returns the same history.
+    optimizer and the history) at the end of every epoch. Each history row adds ``train_images`` and
+    ``val_images`` (counted over all processes) and ``images_per_s``: training images of all processes per
+    second of the slowest one. On CUDA the forward pass runs in mixed precision (``torch.autocast`` and a
+    ``GradScaler``), as in :func:`tl_helpers.train.fit`. Every process returns the same history.
     """
     check_wrapped(model)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     history = history if history is not None else History()
     first = int(history.rows[-1]["epoch"]) if history.rows else 0
+    scaler = torch.amp.GradScaler("cuda") if d.device.type == "cuda" else None   # mixed precision on GPUs, as fit()
+    n_val = int(all_reduce_sum([len(shard(val_set, d))], d)[0]) if val_set is not None else 0
     bar = tqdm(range(epochs), desc=phase, disable=not (progress and d.is_main))
     for e in bar:
         set_epoch(train_loader, first + e)
@@ -421,7 +425,7 @@ def fit_ddp(model: nn.Module, train_loader: DataLoader, val_set: Dataset | None,
         barrier(d)
         start = time.perf_counter()
         train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, loss_fn, d.device, scheduler,
-                                                accumulate=accumulate)
+                                                scaler, accumulate=accumulate)
         seconds = all_reduce_max(time.perf_counter() - start, d)
         n_local = _samples_per_epoch(train_loader)
         train_loss, n = reduce_mean(train_loss, n_local, d)
@@ -429,7 +433,7 @@ def fit_ddp(model: nn.Module, train_loader: DataLoader, val_set: Dataset | None,
         val_loss, val_acc = evaluate_sharded(model, val_set, d, loss_fn) if val_set is not None else (math.nan,) * 2
         history.append({"phase": phase, "epoch": first + e + 1, "train_loss": train_loss, "train_acc": train_acc,
                         "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": seconds,
-                        "images_per_s": n / seconds})
+                        "images_per_s": n / seconds, "train_images": n, "val_images": n_val})
         if checkpoint is not None and d.is_main:
             save_checkpoint(checkpoint, unwrap(model), optimizer, scheduler, history, phase=phase,
                             world_size=d.world_size)
@@ -627,13 +631,26 @@ def run(args: argparse.Namespace, d: Dist) -> dict:
         say(f"phase 1 on rank 0: {len(head_history)} epochs on cached features, val acc {head.get('val_acc', 0):.1%}")
         for row in history.rows:
             say(f"phase 2 {row['phase']} epoch {row['epoch']}: train acc {row['train_acc']:.1%} "
-                f"({round(row['images_per_s'] * row['seconds'])} images), val acc {row['val_acc']:.1%} "
-                f"({len(plain['val'])} images, all processes)")
+                f"({row['train_images']} images), val acc {row['val_acc']:.1%} "
+                f"({row['val_images']} images, all processes)")
         if args.checkpoint:
             say(f"rank 0 saved {Path(args.checkpoint).name}")
-        summary.update(recipe=asdict(recipe), head_history=head_history.to_dict(), history=history.to_dict())
+    peak_mb = all_reduce_max(_peak_rss_mb(), d)
+    if d.is_main:
+        summary.update(recipe=asdict(recipe), head_history=head_history.to_dict(), history=history.to_dict(),
+                       peak_rss_mb=peak_mb)
         return summary
     return {}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (0 where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def main(argv: list[str] | None = None) -> int:
