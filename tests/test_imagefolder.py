@@ -272,3 +272,64 @@ def test_example_folder_has_the_planted_problems_and_never_deletes_a_foreign_fol
     with pytest.raises(DataError, match="not written by"):
         write_example_folder(tmp_path / "mine")
     assert isinstance(report.dataset(), ImageFiles)
+
+
+# --- the exercise checkers of the chapter (tl_helpers.checks.own_images) -----------------------------
+
+def test_checker_find_bad_files_reference_passes_and_wrong_answers_get_their_hint(capsys):
+    from pathlib import Path
+
+    from PIL import UnidentifiedImageError
+
+    from tl_helpers.checks.own_images import check_find_bad_files
+
+    def reference(folder):
+        bad = []
+        for p in sorted(Path(folder).rglob("*")):
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                try:
+                    with Image.open(p) as img:
+                        img.load()
+                except (UnidentifiedImageError, OSError):
+                    bad.append(p)
+        return bad
+
+    def header_only(folder):
+        bad = []
+        for p in sorted(Path(folder).rglob("*.*")):
+            try:
+                Image.open(p)
+            except (UnidentifiedImageError, OSError):
+                bad.append(p)
+        return bad
+
+    assert check_find_bad_files(reference)
+    assert not check_find_bad_files(header_only) and "img.load()" in capsys.readouterr().out
+    assert not check_find_bad_files(lambda f: sorted(Path(f).rglob("*.*"))) and "CMYK" in capsys.readouterr().out
+    assert not check_find_bad_files(lambda f: []) and "catch the errors" in capsys.readouterr().out
+    assert not check_find_bad_files(lambda f: 1 / 0) and "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_checker_leak_free_split(capsys):
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
+
+    from tl_helpers.checks.own_images import check_leak_free_split
+
+    def reference(labels, groups, seed):
+        folds = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=seed)
+        return next(folds.split(labels, labels, groups))
+
+    def plain(labels, groups, seed):
+        return train_test_split(range(len(labels)), test_size=0.25, stratify=labels, random_state=seed)
+
+    def fixed(labels, groups, seed):
+        return reference(labels, groups, 0)
+
+    def group_shuffle(labels, groups, seed):
+        return next(GroupShuffleSplit(n_splits=1, test_size=0.03, random_state=seed).split(labels, labels, groups))
+
+    assert check_leak_free_split(reference)
+    assert not check_leak_free_split(plain) and "StratifiedGroupKFold" in capsys.readouterr().out
+    assert not check_leak_free_split(fixed) and "random_state=seed" in capsys.readouterr().out
+    assert not check_leak_free_split(group_shuffle) and "missing" in capsys.readouterr().out
+    assert not check_leak_free_split(lambda *a: [1, 2, 3]) and "pair" in capsys.readouterr().out
