@@ -84,3 +84,28 @@ def test_bad_export_requests_say_what_to_do(model_and_images, tmp_path):
     (tmp_path / "fake.onnx").write_bytes(b"not onnx")
     with pytest.raises(DataError, match="not an ONNX model"):
         OnnxClassifier(tmp_path / "fake.onnx")
+
+
+def test_checker_onnx_probabilities(model_and_images, capsys):
+    from tl_helpers.checks.own_images import check_onnx_probabilities
+
+    ft, new, root = model_and_images
+    path = root / "model.onnx"
+    if not path.exists():
+        export_onnx(ft, path)
+
+    def reference(session, image, size, mean, std):
+        x = onnx_preprocess(image, size, mean, std)[None]
+        z = session.run(None, {session.get_inputs()[0].name: x})[0][0]
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    def logits(session, image, size, mean, std):
+        return session.run(None, {session.get_inputs()[0].name: onnx_preprocess(image, size, mean, std)[None]})[0][0]
+
+    def no_normalise(session, image, size, mean, std):
+        return reference(session, image, size, (0, 0, 0), (1, 1, 1))
+
+    assert check_onnx_probabilities(reference, path, new[:3])
+    assert not check_onnx_probabilities(logits, path, new[:3]) and "softmax" in capsys.readouterr().out
+    assert not check_onnx_probabilities(no_normalise, path, new[:3]) and "subtract the mean" in capsys.readouterr().out
