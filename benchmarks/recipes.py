@@ -573,8 +573,6 @@ COURSE_RECIPE = "two_phase"
 CANDIDATES: dict[str, dict] = {
     "brief_head": {},                                            # Recipe() as it stood: head 10 epochs at 1e-3
     "converged_head": {"head_epochs": 100, "head_lr": 1e-2},     # the head trained to convergence first
-    "backbone_5e-4": {"backbone_lr": 5e-4},
-    "longer": {"all_epochs": 10},
 }
 SELECTION_SPLITS = (5, 6, 7, 8, 9)
 # Backbone learning rates of the sweep "when does phase 1 matter?" (one_phase and two_phase, splits 0-4).
