@@ -271,9 +271,10 @@ def _euclid_topk(query, bank, k=5):
 # --- the tests --------------------------------------------------------------------------------------
 
 def test_every_exercise_has_cases_and_every_chapter_three_exercises():
-    assert set(CASES) == set(checks.EXERCISES)
+    """Chapters 00-06 have their cases here; later chapters test their checkers in their own test files."""
+    assert set(CASES) == {k for k, ex in checks.EXERCISES.items() if ex.chapter <= "06"}
     per_chapter = Counter(ex.chapter for ex in checks.EXERCISES.values())
-    assert set(per_chapter) == {f"{n:02d}" for n in range(7)}
+    assert set(per_chapter) == {f"{n:02d}" for n in range(13)}
     assert min(per_chapter.values()) >= 3
     for ex_id, ex in checks.EXERCISES.items():
         assert ex_id.startswith(ex.chapter + ".") and ex.title and ex.checker.__name__.startswith("check_")

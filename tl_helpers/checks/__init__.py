@@ -1003,3 +1003,8 @@ EXERCISES: dict[str, Exercise] = {
 
 # Later chapters keep their checkers in a module of their own (tl_helpers.checks.<topic>), each with an
 # EXERCISES dict of its own; they join the catalogue here, so EXERCISES lists every exercise of the course.
+from tl_helpers.checks import (adaptation, distributed, own_images, segmentation, text,  # noqa: E402
+                               what_transfers)
+
+for _topic in (own_images, what_transfers, adaptation, text, segmentation, distributed):
+    EXERCISES.update(_topic.EXERCISES)
