@@ -18,18 +18,21 @@ AS_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lab,test,book]'
 	touch $(STAMP)
 
 lab: setup
-	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (transfer-learning course)"
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (transfer-learning course)" \
+		--env OMP_WAIT_POLICY PASSIVE
 	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(NO_BROWSER) $(AS_ROOT) $(LAB_ARGS)
 
+# OMP_WAIT_POLICY=PASSIVE: PyTorch's OpenMP threads otherwise spin-wait, and a chapter runs several times slower
+# whenever another process shares the cores (measured: chapter 03 took 273 s instead of 72 s).
 test: setup
-	$(BIN)/python -m pytest tests notebooks tl_helpers --doctest-modules \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest tests notebooks tl_helpers --doctest-modules \
 		--nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 		--nbval-cell-timeout 600 --durations=15 $(TEST_ARGS)
 
@@ -45,13 +48,21 @@ student: setup
 # (tagged raises-exception). As slow as the notebooks themselves, so not part of `make test`.
 .PHONY: test-student
 test-student: student
-	$(BIN)/python -m pytest build/student --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest build/student --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 		--nbval-cell-timeout 600 --durations=15 $(TEST_ARGS)
 
-# Every recipe on Clipart-8 splits 0-4 (about 1.5 h on 2 cores), resumable: see benchmarks/run.py.
+# Every recipe on Clipart-8 splits 0-4 (about 1.5 h on 2 cores), resumable: see benchmarks/run.py; then the
+# `fashion` entry: chapter 08's strategies on Fashion-MNIST with more seeds (benchmarks/fashion.py, ~20 min).
 # make bench BENCH_ARGS="--recipes linear_probe,keras_guide --splits 3"   (--quick: a 1-minute smoke run)
-bench: setup
+# make bench-clipart / make bench-fashion FASHION_ARGS="--seeds 20"      run one of the two
+.PHONY: bench-clipart bench-fashion
+bench: bench-clipart bench-fashion
+
+bench-clipart: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-fashion: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benchmarks.fashion $(FASHION_ARGS)
 
 clean:
 	rm -rf build
