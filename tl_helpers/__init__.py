@@ -4,12 +4,24 @@ One module per idea, each importable on its own:
 
 - ``tl_helpers.runtime``: device, seeding, the cache folder
 - ``tl_helpers.data``: the Clipart dataset, splits, transforms, loaders, cached features
+- ``tl_helpers.groups``: near-duplicate groups and splits that keep each group in one part
 - ``tl_helpers.models``: loading pretrained models offline; freezing, heads, parameter groups
 - ``tl_helpers.train``: the training loop (``fit``), phase 1 on cached features, checkpoints, LR range test
 - ``tl_helpers.evaluate``: predictions and metrics (accuracy, calibration, confidence intervals)
 - ``tl_helpers.plots``: figures (matplotlib)
 - ``tl_helpers.checks``: instant feedback on the exercises
 - ``tl_helpers.widgets``: interactive explorers (ipywidgets), each with a static twin
+- ``tl_helpers.benchmark_results``: the committed benchmark results and the words they allow
+- ``tl_helpers.imagefolder``: scanning a folder of your own images, splits without a manifest
+- ``tl_helpers.finetuned``: the recipe in one call (``finetune``), self-describing checkpoints, ``predict``
+- ``tl_helpers.export``: TorchScript and ONNX export, checked against PyTorch
+- ``tl_helpers.cli``: the command line, ``python -m tl_helpers finetune|predict|export|evaluate``
+- ``tl_helpers.arrays``: small grayscale array datasets (Fashion-MNIST subset, MNIST digits)
+- ``tl_helpers.regularise``: regularisation towards the source weights (L2-SP)
+- ``tl_helpers.domains`` and ``tl_helpers.adaptation``: domain pairs, and AdaBN, CORAL, MMD, DANN
+- ``tl_helpers.text``: the offline MiniLM text encoder, the WordNet text set, tokenised loaders
+- ``tl_helpers.segmentation``: multi-scale encoder maps, a U-Net decoder, Dice and IoU
+- ``tl_helpers.distributed``: the recipe under torchrun and DDP
 
 Every helper is shown as plain PyTorch in a chapter before it is used.
 """
