@@ -101,8 +101,8 @@ def mmd(source: torch.Tensor, target: torch.Tensor, kernel_mul: float = 2.0, ker
 
     >>> g = torch.Generator().manual_seed(0)
     >>> s, t = torch.randn(300, 8, generator=g), torch.randn(300, 8, generator=g)
-    >>> round(mmd(s, t).item(), 3), round(mmd(s, t + 0.5).item(), 3)
-    (0.025, 0.281)
+    >>> mmd(s, t).item() < 0.05, mmd(s, t + 0.5).item() > 0.2     # ~0.03 and ~0.28: a shift shows
+    (True, True)
     """
     _check_pair(source, target, "mmd")
     n = len(source)
