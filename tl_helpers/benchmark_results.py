@@ -58,6 +58,8 @@ def paired_rows(results: dict, course: str | None = None) -> list[dict]:
     (points), 95 % t-interval over the splits and verdict, best-placed first."""
     course = course or results.get("course_recipe", "two_phase")
     table = results[DATASET]
+    if course not in table:  # a run still in progress: nothing to pair with yet
+        return []
     mine = table[course]["splits"]
     rows = []
     for name, entry in table.items():
