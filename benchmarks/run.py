@@ -54,9 +54,9 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.recipes import (BATCH_SIZE, CANDIDATES, COURSE_RECIPE, IMAGE_SIZE, LR_SWEEP, RECIPES,
-                                SELECTION_SPLITS, SMOKE, BenchData, accuracy_of, correct_of,
-                                make_data)  # noqa: E402
+from benchmarks.recipes import (BATCH_SIZE, BEST_CANDIDATES, CANDIDATES, CODE_VERSION, COURSE_RECIPE, IMAGE_SIZE, LR_SWEEP,
+                                RECIPES, SELECTION_SPLITS, SMOKE, BenchData, _two_phase_defaults, accuracy_of,
+                                best_overrides, correct_of, make_data, recipe_image_size)  # noqa: E402
 from tl_helpers.benchmark_results import comparison_table, paired_rows, stale_note, update_readme  # noqa: E402
 from tl_helpers.data import dataset_fingerprint  # noqa: E402
 from tl_helpers.runtime import seed_everything  # noqa: E402
@@ -118,7 +118,8 @@ def cell_path(cache: Path, recipe: str, split: int, tag: str | None = None) -> P
 
 
 def cell_config(recipe: str, split: int, data_kwargs: dict, overrides: dict | None = None) -> dict:
-    return {"recipe": recipe, "split": split, "dataset": dataset_fingerprint(),
+    data_kwargs = {"image_size": recipe_image_size(recipe)} | data_kwargs
+    return {"recipe": recipe, "split": split, "dataset": dataset_fingerprint(), "code_version": CODE_VERSION,
             "image_size": data_kwargs.get("image_size", IMAGE_SIZE),
             "batch_size": data_kwargs.get("batch_size", BATCH_SIZE), "limit": data_kwargs.get("limit"),
             "max_batches": data_kwargs.get("max_batches"),
@@ -149,7 +150,7 @@ def run_cell(recipe: str, split: int, cache: Path, force: bool = False, data_kwa
             log(f"  {recipe:17s} {tag or ''} split {split}: val {cached.get('val_acc', float('nan')):5.1f} %  "
                 f"{cached['seconds']:6.1f} s  (cached)")
             return cached
-    data = make_data(split, **data_kwargs)
+    data = make_data(split, **({"image_size": recipe_image_size(recipe)} | data_kwargs))
     seed_everything(split)
     start = time.perf_counter()
     out = RECIPES[recipe](data, **(overrides or {}))
@@ -492,6 +493,27 @@ def select_recipe(cache: Path, candidates: dict[str, dict], splits=SELECTION_SPL
     return {"splits": list(splits), "metric": "validation accuracy (%)", "candidates": summary, "chosen": chosen}
 
 
+def select_best(cache: Path, candidates: dict[str, dict] = BEST_CANDIDATES, splits=SELECTION_SPLITS,
+                force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Rank the candidates of the `best` entry (input size and ``Recipe`` overrides) by mean VALIDATION
+    accuracy on ``splits``, with each candidate's mean seconds a split (the entry must train in under 2
+    minutes). Every ``Recipe`` field is passed explicitly, so a candidate runs with exactly its settings."""
+    summary = {}
+    for name, cand in candidates.items():
+        log(f"best candidate {name} {cand}:")
+        overrides = _two_phase_defaults() | best_overrides(name)
+        cells = [run_cell("best", k, cache, force, {"image_size": cand["image_size"]}, overrides, log,
+                          tag=f"select-{name}") for k in splits]
+        vals = [c["val_acc"] for c in cells]
+        summary[name] = {"candidate": cand, "val_splits": [round(v, 2) for v in vals],
+                         "val_mean": round(statistics.fmean(vals), 2),
+                         "seconds_mean": round(statistics.fmean(c["seconds"] for c in cells), 1)}
+    within = [n for n in summary if summary[n]["seconds_mean"] < 120] or list(summary)
+    chosen = max(within, key=lambda n: summary[n]["val_mean"])
+    return {"splits": list(splits), "metric": "validation accuracy (%), flip test-time augmentation",
+            "time_limit_s": 120, "candidates": summary, "chosen": chosen}
+
+
 def lr_sweep(cache: Path, lrs=LR_SWEEP, n_splits: int = DEFAULT_SPLITS, force: bool = False,
              log: Callable[[str], None] = print) -> dict:
     """Test accuracy of one_phase and two_phase against the backbone learning rate, splits 0..n-1.
@@ -501,8 +523,11 @@ def lr_sweep(cache: Path, lrs=LR_SWEEP, n_splits: int = DEFAULT_SPLITS, force: b
     for recipe in ("one_phase", COURSE_RECIPE):
         out[recipe] = {}
         for lr in lrs:
-            cells = [run_cell(recipe, k, cache, force, None, {"backbone_lr": lr}, log, tag=f"lr{lr:g}")
-                     for k in range(n_splits)]
+            if lr == recipe_settings(RECIPES[recipe]).get("backbone_lr"):  # the main run's cells
+                cells = [run_cell(recipe, k, cache, False, None, None, log) for k in range(n_splits)]
+            else:
+                cells = [run_cell(recipe, k, cache, force, None, {"backbone_lr": lr}, log, tag=f"lr{lr:g}")
+                         for k in range(n_splits)]
             out[recipe][f"{lr:g}"] = [round(c["acc"], 2) for c in cells]
     return {"backbone_lrs": [f"{lr:g}" for lr in lrs], "splits": list(range(n_splits)), "test_acc": out}
 
@@ -527,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--select", action="store_true",
                         help="rank the candidate settings of the course's recipe on the validation parts of "
                              "splits 5-9 (benchmarks/selection.json), run nothing else")
+    parser.add_argument("--select-best", action="store_true",
+                        help="rank the candidates of the `best` entry on the validation parts of splits 5-9 "
+                             "(benchmarks/best_selection.json), run nothing else")
     parser.add_argument("--lr-sweep", action="store_true",
                         help="one_phase and two_phase against the backbone learning rate on splits 0-4 "
                              "(benchmarks/lr_sweep.json), run nothing else")
@@ -538,13 +566,18 @@ def main(argv: list[str] | None = None) -> int:
         _atomic_write(readme, update_readme(readme.read_text(), json.loads((HERE / "results.json").read_text())))
         print(f"updated {readme}")
         return 0
-    if args.select or args.lr_sweep:
+    if args.select or args.lr_sweep or args.select_best:
         torch.set_num_threads(os.cpu_count() or 1)
         log = lambda s: print(s, flush=True)  # noqa: E731
         if args.select:
             chosen = select_recipe(args.cache, CANDIDATES, force=args.force, log=log)
             _atomic_write(HERE / "selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
                                                                          "torch": torch.__version__}, indent=1) + "\n")
+            log(json.dumps(chosen, indent=1))
+        if args.select_best:
+            chosen = select_best(args.cache, force=args.force, log=log)
+            _atomic_write(HERE / "best_selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
+                                                                              "torch": torch.__version__}, indent=1) + "\n")
             log(json.dumps(chosen, indent=1))
         if args.lr_sweep:
             sweep = lr_sweep(args.cache, n_splits=args.splits, force=args.force, log=log)

@@ -122,9 +122,14 @@ def test_param_groups_head_lr_and_no_frozen_parameters():
     unfreeze(model, blocks=3)
     groups = param_groups(model, head_lr=1e-3, backbone_lr=1e-4, decay=0.5, weight_decay=0.01)
     assert groups[0]["name"] == "head" and groups[0]["lr"] == 1e-3
-    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model._fc.parameters()}
-    assert [g["name"] for g in groups] == ["head", "head_conv", "blocks.15"]
-    assert [g["lr"] for g in groups[1:]] == pytest.approx([1e-4, 5e-5])
+    head = {id(p) for g in groups[:2] for p in g["params"]}
+    assert head == {id(p) for p in model._fc.parameters()}
+    assert [g["name"] for g in groups] == ["head", "head.no_decay", "head_conv", "head_conv.no_decay",
+                                           "blocks.15", "blocks.15.no_decay"]
+    assert [g["lr"] for g in groups[2:]] == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5])
+    for g in groups:  # BatchNorm scales/shifts and biases never decay; weights and kernels do
+        assert all(p.ndim <= 1 for p in g["params"]) == g["name"].endswith(".no_decay")
+        assert g["weight_decay"] == (0.0 if g["name"].endswith(".no_decay") else 0.01)
     grouped = [p for g in groups for p in g["params"]]
     assert all(p.requires_grad for p in grouped)
     assert len(grouped) == len([p for p in model.parameters() if p.requires_grad])

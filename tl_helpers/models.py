@@ -405,6 +405,11 @@ def replace_head(model: nn.Module, num_classes: int | None, head: nn.Module | No
     return model
 
 
+def _no_decay(p: torch.Tensor) -> bool:
+    """BatchNorm/LayerNorm scales and shifts and every bias: the 1-D parameters, kept out of weight decay."""
+    return p.ndim <= 1
+
+
 def param_groups(model: nn.Module, head_lr: float, backbone_lr: float, decay: float | None = None,
                  weight_decay: float = 0.0) -> list[dict]:
     """Optimizer parameter groups with discriminative learning rates.
@@ -415,24 +420,34 @@ def param_groups(model: nn.Module, head_lr: float, backbone_lr: float, decay: fl
     input, which hold the most generic features, move least. Only trainable parameters are included
     (freeze first, then build the optimizer); empty groups are dropped. Each group has a ``name``.
 
+    With ``weight_decay`` > 0 each group is split in two: its weight matrices and convolution kernels
+    decay, while its BatchNorm scales/shifts and biases (the 1-D parameters) go to a twin group named
+    ``<name>.no_decay`` with weight decay 0. Pulling a BatchNorm scale or a bias towards zero is no
+    regulariser, it only fights the pretrained values (the convention of timm and fastai).
+
     >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
     >>> [(g["name"], g["lr"]) for g in param_groups(net, 1e-2, 1e-3, decay=0.5)]
     [('head', 0.01), ('2', 0.001), ('0', 0.0005)]
+    >>> [(g["name"], g["weight_decay"]) for g in param_groups(net, 1e-2, 1e-3, weight_decay=0.01)]
+    [('head', 0.01), ('head.no_decay', 0.0), ('backbone', 0.01), ('backbone.no_decay', 0.0)]
     """
     stages = model_blocks(model)
-    head_params = [p for p in stages[-1][1].parameters() if p.requires_grad]
-    groups = [{"params": head_params, "lr": head_lr, "weight_decay": weight_decay, "name": "head"}]
+    named = [("head", [p for p in stages[-1][1].parameters() if p.requires_grad], head_lr)]
     backbone = [(n, [p for p in s.parameters() if p.requires_grad]) for n, s in stages[:-1]]
     backbone = [(n, ps) for n, ps in backbone if ps][::-1]  # nearest to the head first
     if decay is None:
-        params = [p for _, ps in backbone[::-1] for p in ps]
-        groups.append({"params": params, "lr": backbone_lr, "weight_decay": weight_decay, "name": "backbone"})
+        named.append(("backbone", [p for _, ps in backbone[::-1] for p in ps], backbone_lr))
     else:
-        distance = 0
-        for n, ps in backbone:
-            groups.append({"params": ps, "lr": backbone_lr * decay ** distance,
-                           "weight_decay": weight_decay, "name": n})
-            distance += 1
+        named += [(n, ps, backbone_lr * decay ** distance) for distance, (n, ps) in enumerate(backbone)]
+    groups = []
+    for name, params, lr in named:
+        if weight_decay > 0:
+            groups.append({"params": [p for p in params if not _no_decay(p)], "lr": lr,
+                           "weight_decay": weight_decay, "name": name})
+            groups.append({"params": [p for p in params if _no_decay(p)], "lr": lr, "weight_decay": 0.0,
+                           "name": f"{name}.no_decay"})
+        else:
+            groups.append({"params": params, "lr": lr, "weight_decay": 0.0, "name": name})
     return [g for g in groups if g["params"]]
 
 
