@@ -18,16 +18,21 @@ AS_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# jupyter/overrides.json: an offline course never asks "get notified about Jupyter news?" nor checks for updates.
+
+$(STAMP): pyproject.toml constraints.txt jupyter/overrides.json
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lab,test,book]'
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 lab: setup
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (transfer-learning course)" \
 		--env OMP_WAIT_POLICY PASSIVE
-	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(NO_BROWSER) $(AS_ROOT) $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		$(NO_BROWSER) $(AS_ROOT) $(LAB_ARGS)
 
 # OMP_WAIT_POLICY=PASSIVE: PyTorch's OpenMP threads otherwise spin-wait, and a chapter runs several times slower
 # whenever another process shares the cores (measured: chapter 03 took 273 s instead of 72 s).

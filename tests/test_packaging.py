@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
+try:
+    import tomllib  # novermin (guarded: Python 3.10 takes the fallback below)
+except ModuleNotFoundError:  # Python 3.10: the same parser, as vendored by pip (tomllib is tomli since 3.11)
+    from pip._vendor import tomli as tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +89,12 @@ def test_ci_runs_make_test():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("setup:", "lab:", "test:"):
         assert re.search(rf"^{target}", makefile, re.M), target
+
+
+def test_lab_never_asks_for_news_offline():
+    """The set-up installs a JupyterLab settings override: no news prompt, no update check (offline course)."""
+    overrides = json.loads((ROOT / "jupyter" / "overrides.json").read_text())
+    notification = overrides["@jupyterlab/apputils-extension:notification"]
+    assert notification == {"fetchNews": "false", "checkForUpdates": False}
+    makefile = (ROOT / "Makefile").read_text()
+    assert "cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json" in makefile
