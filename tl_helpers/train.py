@@ -16,13 +16,16 @@ The usual two phases (see the chapters for the full recipe)::
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import os
 import random
+import sys
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +196,99 @@ def evaluate_loader(model: nn.Module, loader: Iterable, loss_fn: Callable,
 # Checkpoints
 # ------------------------------------------------------------------------------------------------
 
+def _plain(value):
+    """``value`` as plain JSON types (what ``torch.load(weights_only=True)`` reads back); other objects by repr."""
+    return json.loads(json.dumps(value, sort_keys=True, default=repr))
+
+
+def settings_hash(settings: dict) -> str:
+    """A short hash of a run's settings: two runs with the same hash trained the same way.
+
+    >>> settings_hash({"epochs": 3, "lr": 1e-3}) == settings_hash({"lr": 1e-3, "epochs": 3})
+    True
+    >>> settings_hash({"epochs": 3}) == settings_hash({"epochs": 4})
+    False
+    """
+    return hashlib.sha256(json.dumps(_plain(settings), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_diff(old: dict, new: dict) -> str:
+    """What differs between two settings dicts, in one line (``key: old -> new``, nested keys dotted).
+
+    >>> settings_diff({"epochs": 3, "recipe": {"lr": 0.1}}, {"epochs": 5, "recipe": {"lr": 0.1}})
+    'epochs: 3 -> 5'
+    """
+    old, new = _flat(_plain(old)), _flat(_plain(new))
+
+    def short(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    parts = [f"{k}: {short(old.get(k, '(none)'))} -> {short(new.get(k, '(none)'))}"
+             for k in sorted(set(old) | set(new)) if old.get(k, "(none)") != new.get(k, "(none)")]
+    return "; ".join(parts[:4]) + (f"; and {len(parts) - 4} more" if len(parts) > 4 else "")
+
+
+def _transform_of(loader) -> str | None:
+    """repr of the transform of a loader's dataset (through Subsets), e.g. its image size and augmentation."""
+    dataset = getattr(loader, "dataset", None)
+    while dataset is not None and not hasattr(dataset, "transform") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    transform = getattr(dataset, "transform", None)
+    return None if transform is None else repr(transform)
+
+
+def _loader_settings(loader) -> dict | None:
+    if loader is None:
+        return None
+    dataset = getattr(loader, "dataset", None)
+    return {"batch_size": getattr(loader, "batch_size", None),
+            "samples": len(dataset) if hasattr(dataset, "__len__") else None,
+            "transform": _transform_of(loader)}
+
+
+def run_settings(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int, train_loader=None,
+                 val_loader=None, loss_fn: Callable | None = None, scheduler=None, **extra) -> dict:
+    """The settings of a training run that ``fit`` stores in its checkpoints (and compares on resume).
+
+    Derived from the objects: the model's class and a hash of its structure (``repr``), the optimizer's
+    class and groups (learning rates, weight decay, number of trainable values), the scheduler's class and
+    step count, the loss (and its label smoothing), the loaders' batch size, size and transform (image
+    size, augmentation), ``epochs``; plus the ``extra`` keys (e.g. a recipe's fields, the model's name).
+
+    >>> net = nn.Linear(2, 2)
+    >>> s = run_settings(net, torch.optim.SGD(net.parameters(), lr=0.1), epochs=3, model_name="tiny")
+    >>> s["epochs"], s["model"], s["model_name"], s["optimizer"]["groups"][0]["lr"]
+    (3, 'torch.nn.modules.linear.Linear', 'tiny', 0.1)
+    """
+    keys = ("name", "lr", "initial_lr", "max_lr", "weight_decay", "momentum", "betas")
+    groups = [{k: g[k] for k in keys if k in g} | {"values": sum(p.numel() for p in g["params"])}
+              for g in optimizer.param_groups]
+    settings = {
+        "epochs": int(epochs),
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_structure": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
+        "optimizer": {"class": type(optimizer).__name__, "groups": groups},
+        "scheduler": None if scheduler is None else {"class": type(scheduler).__name__,
+                                                     "total_steps": getattr(scheduler, "total_steps", None)},
+        "loss": None if loss_fn is None else {
+            "class": getattr(loss_fn, "__qualname__", type(loss_fn).__name__),
+            "label_smoothing": getattr(loss_fn, "label_smoothing", None)},
+        "train_loader": _loader_settings(train_loader),
+        "val_loader": _loader_settings(val_loader),
+    }
+    return _plain(settings | extra)
+
 def _atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -205,7 +301,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     """Save weights (and optionally optimizer, scheduler, history, any extra keys) to ``path``, atomically.
 
     The file is written to ``path.tmp`` first, then renamed, so an interrupted save never leaves a
-    damaged checkpoint. Everything stored loads with ``torch.load(weights_only=True)``.
+    damaged checkpoint. Everything stored loads with ``torch.load(weights_only=True)``. A ``settings``
+    dict (``fit`` passes :func:`run_settings`) is stored with its hash, ``settings_hash``.
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "tiny.pt"
@@ -221,6 +318,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if history is not None:
         state["history"] = history.to_dict()
     state.update(extra)
+    if isinstance(state.get("settings"), dict):
+        state["settings"] = _plain(state["settings"])
+        state["settings_hash"] = settings_hash(state["settings"])
     path = Path(path)
     _atomic_save(state, path)
     return path
@@ -299,7 +399,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, o
         checkpoint: str | Path | None = None, resume: bool = False, patience: int | None = None,
         phase: str = "train", history: History | None = None, progress: bool = True,
         scheduler_per_batch: bool | None = None, max_grad_norm: float | None = None,
-        restore_best: bool = False, accumulate: int = 1) -> History:
+        restore_best: bool = False, accumulate: int = 1, settings: dict | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs, validating after each; return the :class:`History`.
 
     An explicit loop: every epoch calls :func:`train_one_epoch` (which uses ``train_mode(model)``, so
@@ -315,7 +415,13 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, o
     - ``resume=True``: continue from ``name.last.pt`` (or ``checkpoint``): model, optimizer,
       scheduler, history, random generators and epoch count. ``epochs`` is the total for the phase,
       so rerunning the same call after an interruption finishes the run, and rerunning it after it
-      finished just loads the result.
+      finished just loads the result. Only a run with the same settings is resumed: every checkpoint
+      stores the run's settings (:func:`run_settings`: epochs, model, optimizer groups, scheduler,
+      loss, the loaders' transforms, plus ``settings``) and their hash; when they differ, a one-line
+      message says what changed and the run trains from scratch (so a changed ``epochs`` never
+      restores a scheduler built for another number of steps).
+    - ``settings``: extra settings that define the run (a recipe's fields, the model's name...),
+      stored and compared with the derived ones.
     - ``patience``: stop when ``val_acc`` has not improved for that many epochs.
     - ``phase``: a name written in each row; pass ``history`` (phase 1's) to append phase 2 to it.
     - On CUDA: mixed precision (``torch.autocast`` + ``GradScaler``) and channels_last memory format.
@@ -337,15 +443,28 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, o
         scheduler_per_batch = isinstance(scheduler, PER_BATCH_SCHEDULERS)
 
     done, stopped, best_acc, since_best = 0, False, -math.inf, 0
+    run = None
+    if checkpoint is not None:
+        run = run_settings(model, optimizer, epochs, train_loader, val_loader, loss_fn, scheduler, phase=phase,
+                           patience=patience, max_grad_norm=max_grad_norm, accumulate=accumulate,
+                           **(settings or {}))
     if resume:
         if checkpoint is None:
             raise ValueError("resume=True needs the checkpoint path to resume from.")
         candidates = [p for p in (last_checkpoint_path(checkpoint), Path(checkpoint)) if p.exists()]
+        saved = torch.load(candidates[0], map_location="cpu", weights_only=True) if candidates else None
+        if saved is not None and saved.get("phase", phase) != phase:
+            raise ValueError(f"The checkpoint {candidates[0]} belongs to phase '{saved.get('phase')}', "
+                             f"not '{phase}': give each phase its own checkpoint path.")
+        if saved is not None and saved.get("settings_hash") != settings_hash(run):
+            why = (settings_diff(saved["settings"], run) if isinstance(saved.get("settings"), dict)
+                   else "it stores no settings (written by an older version)")
+            print(f"Training from scratch: {candidates[0].name} was saved with other settings ({why}).",
+                  file=sys.stderr)
+            candidates = []
+        del saved
         if candidates:
             state = load_checkpoint(candidates[0], model, optimizer, scheduler, map_location=device)
-            if state.get("phase", phase) != phase:
-                raise ValueError(f"The checkpoint {candidates[0]} belongs to phase '{state.get('phase')}', "
-                                 f"not '{phase}': give each phase its own checkpoint path.")
             history.rows[:] = History.from_dict(state["history"]).rows
             done, stopped = int(state.get("phase_epoch", 0)), bool(state.get("stopped", False))
             best_acc, since_best = float(state.get("best_val_acc", -math.inf)), int(state.get("since_best", 0))
@@ -386,7 +505,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, o
             since_best += 1
         stopped = patience is not None and since_best >= patience
         extra = {"phase": phase, "phase_epoch": e + 1, "stopped": stopped, "best_val_acc": best_acc,
-                 "since_best": since_best}
+                 "since_best": since_best, "settings": run}
         if scaler is not None:
             extra["scaler"] = scaler.state_dict()
         if checkpoint is not None:
@@ -613,10 +732,21 @@ def one_cycle(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: in
                       epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct_start)
 
 
+def _tensors_hash(tensors) -> str:
+    """A short hash of some tensors' shapes and values (the cached features phase 1 trains on)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def two_phase(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
               features: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
               recipe: Recipe | None = None, checkpoint: str | Path | None = None,
-              device: torch.device | str | None = None, progress: bool = True) -> tuple[History, History]:
+              device: torch.device | str | None = None, progress: bool = True,
+              settings: dict | None = None) -> tuple[History, History]:
     """Fine-tune ``model`` with the course's recipe (:class:`Recipe`); return (phase 1, phase 2) histories.
 
     ``features`` are ``(X_train, y_train, X_val, y_val)``: pooled features of the frozen backbone
@@ -626,7 +756,9 @@ def two_phase(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
     trains through the backbone on ``train_loader`` (augmented images), first the top stages, then
     all of them. With ``checkpoint`` each step of phase 2 is checkpointed by :func:`fit`
     (``name.top.pt``, then ``checkpoint``), and rerunning with the same path resumes or reloads
-    instead of training again. At the end the model holds the weights the recipe keeps (the last
+    instead of training again; the checkpoints store the recipe's fields, a hash of ``features``, the
+    loaders' transforms (image size) and ``settings`` (e.g. the model's name), and a run with other
+    settings trains from scratch (see :func:`fit`). At the end the model holds the weights the recipe keeps (the last
     epoch, or the best validation epoch with ``recipe.restore_best``), in eval mode, and so does
     ``checkpoint``.
 
@@ -657,10 +789,14 @@ def two_phase(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         path = None
         if checkpoint is not None:
             path = Path(checkpoint) if phase == steps[-1][0] else Path(checkpoint).with_suffix(f".{phase}.pt")
+        run = None
+        if path is not None:
+            run = {"recipe": asdict(recipe), "features": _tensors_hash(features), **(settings or {})}
         torch.manual_seed(recipe.seed)
         history = fit(model, train_loader, val_loader, optimizer, epochs, loss_fn=loss_fn, scheduler=scheduler,
                       device=device, checkpoint=path, resume=path is not None, phase=phase, history=history,
-                      progress=progress, restore_best=recipe.restore_best, accumulate=recipe.accumulate)
+                      progress=progress, restore_best=recipe.restore_best, accumulate=recipe.accumulate,
+                      settings=run)
     if checkpoint is not None and not recipe.restore_best:
         keep_last_epoch(checkpoint)
     model.eval()
