@@ -334,6 +334,16 @@ def test_an_unfinished_exercise_says_so(capsys):
     assert "still raises NotImplementedError" in capsys.readouterr().out
 
 
+def test_lr_choice_accepts_only_rates_below_the_loss_minimum(capsys):
+    lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    losses = [2.0, 1.95, 1.9, 1.0, 3.0]   # steepest fall right into the minimum, as in chapter 05
+    assert checks.check_lr_choice(1e-3, lrs, losses) is True
+    assert checks.check_lr_choice(1e-2, lrs, losses) is False   # the minimum's own rate
+    assert "at the loss minimum" in capsys.readouterr().out
+    assert checks.check_lr_choice(2e-3, [1e-3, 1e-2], [1.0, 2.0]) is False
+    assert "lowest at the very first rate" in capsys.readouterr().out
+
+
 def test_specific_diagnoses(capsys):
     checks.check_new_head(new_head(keep_outer=True))
     assert "applied 2 times" in capsys.readouterr().out

@@ -598,8 +598,10 @@ def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
     every parameter group gets the same learning rate at each step. The test stops early once the
     smoothed loss exceeds ``diverge`` times its minimum (or is NaN). Losses are smoothed with an
     exponential moving average (``beta``, bias-corrected). Afterwards the model's weights, buffers
-    (BatchNorm statistics), train/eval modes and the optimizer's state are restored, so the test
-    does not change the model. Returns (learning rates, smoothed losses).
+    (BatchNorm statistics), train/eval modes and the optimizer's state are restored, and so are the
+    random generators (torch, CUDA, NumPy, Python's ``random`` and the loader's own generator), so the
+    test changes neither the model nor the training that follows it. Returns (learning rates, smoothed
+    losses).
     """
     device = torch.device(device) if device is not None else get_device()
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
@@ -612,9 +614,11 @@ def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
         optimizer, saved_opt = optimizer([p for p in model.parameters() if p.requires_grad]), None
     lrs, losses = [], []
     avg, best = 0.0, math.inf
+    rng = _rng_state(loader)
+    python_rng = random.getstate()
     train_mode(model)
-    batches = iter(loader)
     try:
+        batches = iter(loader)
         for i in range(steps):
             lr = start_lr * (end_lr / start_lr) ** (i / max(steps - 1, 1))
             for g in optimizer.param_groups:
@@ -644,6 +648,8 @@ def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
             m.training = mode
         if saved_opt is not None:
             optimizer.load_state_dict(saved_opt)
+        _set_rng_state(rng, loader)
+        random.setstate(python_rng)
     return lrs, losses
 
 
@@ -651,13 +657,16 @@ def suggest_lr(lrs: list[float], losses: list[float], method: str = "steepest") 
     """A learning rate read off a range test.
 
     ``"steepest"`` (default): where the smoothed loss falls fastest against log(lr), looking only
-    before the minimum (fastai's ``valley``-style reading, robust on short tests). ``"min10"``:
-    the learning rate of the lowest loss divided by 10 (the classic rule of thumb).
+    at the rates *below* the one of the lowest loss (fastai's ``valley``-style reading, robust on short
+    tests): the suggestion is always smaller than the minimum's rate. ``"min10"``: the learning rate of
+    the lowest loss divided by 10 (the classic rule of thumb).
 
     >>> lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
     >>> losses = [2.0, 1.9, 1.4, 0.9, 0.8, 3.0]
     >>> suggest_lr(lrs, losses), suggest_lr(lrs, losses, "min10")
     (0.001, 0.01)
+    >>> suggest_lr([1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.9, 1.0, 3.0])   # never the minimum's rate (1e-2)
+    0.001
     """
     if len(lrs) != len(losses) or len(lrs) < 2:
         raise ValueError("suggest_lr() needs at least two (lr, loss) points: run a longer lr_range_test.")
@@ -667,9 +676,10 @@ def suggest_lr(lrs: list[float], losses: list[float], method: str = "steepest") 
     if method != "steepest":
         raise ValueError(f"method must be 'steepest' or 'min10', not {method!r}")
     if lo < 1:
-        return float(lrs[0])
+        raise ValueError(f"The loss is lowest at the first rate tried ({lrs[0]:.1e}), so no rate lies below its "
+                         "minimum: run lr_range_test again with a smaller start_lr (e.g. 100x smaller).")
     slopes = np.gradient(np.asarray(losses[:lo + 1], float), np.log10(np.asarray(lrs[:lo + 1], float)))
-    return float(lrs[int(np.argmin(slopes))])
+    return float(lrs[int(np.argmin(slopes[:lo]))])   # slopes[lo] is the minimum itself: never suggested
 
 
 # ------------------------------------------------------------------------------------------------

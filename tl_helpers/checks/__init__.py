@@ -783,8 +783,10 @@ def check_param_groups(optimizer, model: nn.Module, head_lr: float = 1e-3, backb
 def check_lr_choice(answer, lrs: Sequence[float], losses: Sequence[float]) -> str:
     """Is ``answer`` a sensible learning rate to read off the range test (``lrs``, ``losses``)?
 
-    Accepted: anything from a third of the rate where the loss falls fastest up to a third of the
-    rate of the lowest loss (the "minimum / 10" rule of thumb), with a factor 3 of slack either way.
+    Accepted: rates *below* the one of the lowest loss, from a third of the rate where the loss falls
+    fastest (``suggest_lr``, which looks only below the minimum) up to the larger of three times that rate
+    and a third of the minimum's (the "minimum / 10" rule of thumb with a factor 3 of slack). A rate at or
+    above the minimum's is refused, however close the steepest point lies to it.
 
     >>> lrs = [10 ** (e / 4) for e in range(-24, 1)]
     >>> losses = [2.0 - 1.5 / (1 + math.exp(-(math.log10(lr) + 3.5) * 2)) + (lr > 0.05) * 5 * lr for lr in lrs]
@@ -802,8 +804,11 @@ def check_lr_choice(answer, lrs: Sequence[float], losses: Sequence[float]) -> st
             raise _NotYet(f"{lr:g} looks like the *exponent* of a learning rate", f"give the rate itself: 1e{lr:g}")
         raise _NotYet("a learning rate must be positive", "read it off the x axis of the range test")
     lo = int(np.argmin(losses))
+    if lo == 0:
+        raise _NotYet("the loss is lowest at the very first rate of this range test, so there is nothing below "
+                      "its minimum to read", "run lr_range_test again with a smaller start_lr")
     lr_min, steep = lrs[lo], suggest_lr(lrs, losses)
-    if min(steep / 3, lr_min / 30) <= lr <= max(steep * 3, lr_min / 3):
+    if lr < lr_min and min(steep / 3, lr_min / 30) <= lr <= max(steep * 3, lr_min / 3):
         return (f"{lr:.2g} is where the loss still falls fast (steepest at {steep:.1g}, lowest loss at "
                 f"{lr_min:.1g}).")
     if lr > lr_min:
