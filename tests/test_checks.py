@@ -4,6 +4,7 @@ message, and nothing ever raises (not even for an answer of the wrong type)."""
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
 import numpy as np
@@ -173,75 +174,90 @@ LABELS = [0, 1, 1, 0, 0, 0]
 
 
 CASES = {
-    # id: (reference call, [typical wrong calls], words the wrong messages must contain)
+    # id: (reference call, [typical wrong calls], [for each wrong call, words of ITS OWN message])
     "00.1": (lambda: checks.check_device(get_device()),
-             [lambda: checks.check_device(get_device().type)], ["torch.device"]),
+             [lambda: checks.check_device(get_device().type)], ["is a string, not a torch.device"]),
     "00.2": (lambda: checks.check_parameter_count(22, nn.Linear(10, 2)),
-             [lambda: checks.check_parameter_count(2, nn.Linear(10, 2))], ["tensors"]),
+             [lambda: checks.check_parameter_count(2, nn.Linear(10, 2))], ["number of parameter *tensors*"]),
     "00.3": (lambda: checks.check_reproducible(draw),
              [lambda: checks.check_reproducible(lambda seed: torch.randn(3)),
-              lambda: checks.check_reproducible(lambda seed: torch.zeros(3))], ["seed"]),
+              lambda: checks.check_reproducible(lambda seed: torch.zeros(3))],
+             ["two calls with seed 0 returned different numbers", "seeds 0 and 1 returned the same numbers"]),
     "01.1": (lambda: checks.check_top1_class("tripod"),
              [lambda: checks.check_top1_class("camera"), lambda: checks.check_top1_class("harmonica")],
-             ["top"]),
+             ["is the photo's name, not the model's prediction", "is number 2 of the top-5, not the top-1"]),
     "01.2": (lambda: checks.check_preprocessing(eval_transform(224, resize_size=256)),
              [lambda: checks.check_preprocessing(eval_transform(224, 256, IMAGENET_MEAN, IMAGENET_STD)),
               lambda: checks.check_preprocessing(eval_transform(224, 256, (0, 0, 0), (1, 1, 1))),
               lambda: checks.check_preprocessing(train_transform(224)),
-              lambda: checks.check_preprocessing(eval_transform(128))], ["0.5"]),
+              lambda: checks.check_preprocessing(eval_transform(128))],
+             ["those are ImageNet's mean and std", "in [0, 1] but not normalised", "the transform is random",
+              "the model expects (3, 224, 224)"]),
     "01.3": (lambda: checks.check_predict(predict_ref),
              [lambda: checks.check_predict(predict_no_eval), lambda: checks.check_predict(predict_logits)],
-             ["eval"]),
+             ["the model was still in training mode", "these are logits, not probabilities"]),
     "02.1": (lambda: checks.check_feature_extractor(_identity_head(lite0())),
-             [lambda: checks.check_feature_extractor(lite0())], ["nn.Identity"]),
+             [lambda: checks.check_feature_extractor(lite0())], ["still outputs the 1000 ImageNet class scores"]),
     "02.2": (lambda: checks.check_probe_accuracy(LogisticRegression(max_iter=500).fit(*blobs()), *blobs(seed=1)),
-             [lambda: checks.check_probe_accuracy(DummyClassifier().fit(*blobs()), *blobs(seed=1))], ["fit"]),
+             [lambda: checks.check_probe_accuracy(DummyClassifier().fit(*blobs()), *blobs(seed=1))],
+             ["hardly better than always guessing the most frequent class"]),
     "02.3": (lambda: checks.check_nearest_neighbours(_cosine_topk(*bank_and_query()), *bank_and_query()),
              [lambda: checks.check_nearest_neighbours(_euclid_topk(*bank_and_query()), *bank_and_query()),
               lambda: checks.check_nearest_neighbours([39, 38, 37, 36, 35], *bank_and_query())],
-             ["normalise"]),
+             ["nearest by Euclidean distance on raw features", "1 of your 5 indices are among the 5 most similar"]),
     "03.1": (lambda: checks.check_head_only_trainable(head_only()),
-             [lambda: checks.check_head_only_trainable(lite0(5))], ["freeze"]),
+             [lambda: checks.check_head_only_trainable(lite0(5))], ["parameters are still trainable"]),
     "03.2": (lambda: checks.check_last_blocks_trainable(last_two(), n=2),
              [lambda: checks.check_last_blocks_trainable(last_two(1), n=2),
-              lambda: checks.check_last_blocks_trainable(lite0(5), n=2)], ["model_blocks"]),
+              lambda: checks.check_last_blocks_trainable(lite0(5), n=2)],
+             ["tensors of the last 2 blocks (head_conv, classifier) are frozen", "parameters are still trainable"]),
     "03.3": (lambda: checks.check_frozen_bn_mode(train_keep_frozen_bn),
              [lambda: checks.check_frozen_bn_mode(lambda m: m.train()),
-              lambda: checks.check_frozen_bn_mode(lambda m: m.eval())], ["eval"]),
+              lambda: checks.check_frozen_bn_mode(lambda m: m.eval())],
+             ["changed the running statistics of the frozen block's BatchNorm", "the model is not in training mode"]),
     "04.1": (lambda: checks.check_output_shape(torch.Size([16, 5])),
              [lambda: checks.check_output_shape((16, 1000)), lambda: checks.check_output_shape((5, 16))],
-             ["class"]),
+             ["the 1000 ImageNet classes: that is the old head", "is transposed"]),
     "04.2": (lambda: checks.check_new_head(new_head()) and checks.check_new_head(lite_own_dropout()),
              [lambda: checks.check_new_head(new_head(keep_outer=True)),
               lambda: checks.check_new_head(new_head(dropout_inside=0.5)),
-              lambda: checks.check_new_head(new_head(classes=1000))], ["Dropout"]),
+              lambda: checks.check_new_head(new_head(classes=1000))],
+             ["dropout is applied 2 times", "the dropout before the new layer is 0.5, expected 0.2",
+              "the head's last layer has 1000 outputs, expected 5"]),
     "04.3": (lambda: checks.check_optimizer_params(*fresh_optimizer()),
-             [lambda: checks.check_optimizer_params(*stale_optimizer())], ["*after* replacing the head"]),
+             [lambda: checks.check_optimizer_params(*stale_optimizer())],
+             ["never updates 2 trainable tensors (_fc.weight, _fc.bias)"]),
     "05.1": (lambda: checks.check_unfreeze_top(unfreeze_ref),
-             [lambda: checks.check_unfreeze_top(unfreeze_minus_zero_bug)], ["[-0:]"]),
+             [lambda: checks.check_unfreeze_top(unfreeze_minus_zero_bug)], ["with k=0, 19 stages are trainable"]),
     "05.2": (lambda: checks.check_param_groups(torch.optim.AdamW(param_groups(groups_model_shared(), 1e-3, 1e-4)),
                                                groups_model_shared()),
              [lambda: checks.check_param_groups(torch.optim.AdamW(
                   [p for p in groups_model_shared().parameters() if p.requires_grad], lr=1e-3),
                   groups_model_shared()),
               lambda: checks.check_param_groups(torch.optim.AdamW(param_groups(groups_model_shared(), 1e-4, 1e-3)),
-                                                groups_model_shared())], ["head"]),
+                                                groups_model_shared())],
+             ["every parameter has the same learning rate", "the two learning rates are swapped"]),
     "05.3": (lambda: checks.check_lr_choice(suggest_lr(*range_test()), *range_test()),
              [lambda: checks.check_lr_choice(range_test()[0][int(np.argmin(range_test()[1]))], *range_test()),
               lambda: checks.check_lr_choice(1.0, *range_test()),
-              lambda: checks.check_lr_choice(1e-6, *range_test())], ["rate"]),
+              lambda: checks.check_lr_choice(1e-6, *range_test())],
+             ["(almost) at the loss minimum", "the loss is already rising again",
+              "so small that the loss has hardly started to fall"]),
     "06.1": (lambda: checks.check_ece(expected_calibration_error(PROBS, LABELS), PROBS, LABELS),
              [lambda: checks.check_ece(ece_unweighted(PROBS, LABELS), PROBS, LABELS),
               lambda: checks.check_ece(100 * expected_calibration_error(PROBS, LABELS), PROBS, LABELS)],
-             ["bin"]),
+             ["without weighting them by their size", "is a percentage"]),
     "06.2": (lambda: checks.check_bootstrap_ci(ci_ref(), correct_vector()),
              [lambda: checks.check_bootstrap_ci(ci_from_sd(), correct_vector()),
-              lambda: checks.check_bootstrap_ci((79.4, 86.0), correct_vector())], ["resample"]),
+              lambda: checks.check_bootstrap_ci((79.4, 86.0), correct_vector())],
+             ["it looks like the spread of single images", "these look like percentages"]),
     "06.3": (lambda: checks.check_temperature(fit_temperature(*overconfident()), *overconfident()),
-             [lambda: checks.check_temperature(0.5, *overconfident())], ["T > 1"]),
+             [lambda: checks.check_temperature(0.5, *overconfident())],
+             ["the model is over-confident (mean confidence above accuracy): soften with T > 1"]),
     "06.4": (lambda: checks.check_params_per_label(3_381_256 / 40),
              [lambda: checks.check_params_per_label(4_652_008 / 40),
-              lambda: checks.check_params_per_label(3_381_256)], ["head"]),
+              lambda: checks.check_params_per_label(3_381_256)],
+             ["counts the 1000-class ImageNet head", "is the number of parameters"]),
 }
 
 _SHARED = {}
@@ -292,18 +308,18 @@ def test_reference_passes(ex_id, capsys):
 
 @pytest.mark.parametrize("ex_id", sorted(CASES))
 def test_typical_wrong_answers_fail_helpfully(ex_id, capsys):
+    """Each typical wrong answer gets its own diagnosis, not merely "Not yet"."""
     _SHARED.clear()
-    _, wrongs, words = CASES[ex_id]
-    messages = []
-    for wrong in wrongs:
+    _, wrongs, own_words = CASES[ex_id]
+    assert len(own_words) == len(wrongs), "one expected message per wrong answer"
+    for wrong, words in zip(wrongs, own_words):
         assert wrong() is False
         out = capsys.readouterr().out.strip()
         assert out.startswith("❌ Not yet: ") and "Hint: " in out and out.count("\n") == 0, out
         what, hint = out.removeprefix("❌ Not yet: ").split(". Hint: ", 1)
         assert len(what) > 15 and len(hint) > 15, out
-        assert "AssertionError" not in out and "Traceback" not in out
-        messages.append(out)
-    assert any(word in m for m in messages for word in words), messages
+        assert "AssertionError" not in out and "Traceback" not in out and "raised" not in what, out
+        assert words in out, (words, out)
 
 
 @pytest.mark.parametrize("ex_id", sorted(CASES))
@@ -324,6 +340,34 @@ def test_a_crash_in_the_learners_code_is_reported_not_raised(capsys):
     assert checks.check_predict(broken) is False
     out = capsys.readouterr().out
     assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied" in out and "Hint: " in out
+
+
+def test_a_bug_in_the_checkers_own_code_propagates(monkeypatch):
+    """Only the learner's mistakes become "Not yet": an exception from the checker's own code is a bug."""
+    monkeypatch.setattr(checks, "_as_number", float)   # a checker bug: float() takes one argument
+    with pytest.raises(TypeError):
+        checks.check_parameter_count(22, nn.Linear(10, 2))
+
+
+def test_a_learners_model_that_fails_inside_torch_is_reported(capsys):
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(5, 3))   # fails in torch's code, not the learner's
+    assert checks.check_feature_extractor(wrong) is False
+    out = capsys.readouterr().out
+    assert out.startswith("❌ Not yet: checking your answer raised RuntimeError") and "Hint: " in out
+
+
+def test_checking_leaves_the_random_generators_alone(capsys):
+    """A checker runs in torch.random.fork_rng() and restores NumPy and random: the learner's later draws
+    are those they would get without checking (check_predict seeds torch, check_reproducible draws)."""
+    def draws():
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+    seed_everything(5)
+    expected = draws()
+    seed_everything(5)
+    assert checks.check_predict(predict_ref) and checks.check_reproducible(draw)
+    assert checks.check_lr_choice(1.0, *range_test()) is False
+    assert draws() == expected
 
 
 def test_an_unfinished_exercise_says_so(capsys):

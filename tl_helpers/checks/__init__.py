@@ -2,8 +2,10 @@
 
 A checker tests what your answer *does* (it runs your model, your function, your numbers), never how
 the code looks. It prints ``✅ Correct: ...`` or ``❌ Not yet: <what is wrong>. Hint: <hint>`` and
-returns True or False; it never raises, whatever you pass it. ``EXERCISES`` lists every exercise by id
-(chapter.number) with its title, chapter and checker.
+returns True or False, whatever you pass it: a wrong answer, or an error raised by your code, is a
+"Not yet". Only a bug in the checker's own code raises (please report it). A checker leaves the random
+generators (torch, NumPy, Python) as it found them, so checking does not change your later results.
+``EXERCISES`` lists every exercise by id (chapter.number) with its title, chapter and checker.
 
 >>> from tl_helpers.checks import EXERCISES, check_output_shape
 >>> ok = check_output_shape((16, 5))
@@ -16,11 +18,16 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
-from collections.abc import Callable, Sequence
+import random
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,17 +44,68 @@ class _NotYet(Exception):
         self.what, self.hint = what.rstrip(". "), hint.rstrip(". ") + "."
 
 
+class _LearnerError(Exception):
+    """An exception raised by the learner's code or objects while a checker ran them (see _learner_code)."""
+
+    def __init__(self, original: Exception):
+        super().__init__(str(original))
+        self.original = original
+
+
+@contextlib.contextmanager
+def _learner_code() -> Iterator[None]:
+    """Run the learner's code or objects (their function, model, transform...) inside this block: an
+    exception raised there is the learner's mistake, reported as "Not yet", not a bug of the checker."""
+    try:
+        yield
+    except (_NotYet, NotImplementedError, _LearnerError):
+        raise
+    except Exception as exc:
+        raise _LearnerError(exc) from exc
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+_LIBRARIES = tuple({str(Path(p).resolve()) for p in (
+    *(sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+    sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix) if p})
+
+
+def _is_learner_file(filename: str) -> bool:
+    """Code written by the learner: a notebook cell, a doctest, a script of theirs; not tl_helpers nor a library."""
+    if filename.startswith("<"):
+        return filename.startswith(("<doctest", "<ipython-input"))
+    path = str(Path(filename).resolve())
+    return not path.startswith(_PACKAGE) and not path.startswith(_LIBRARIES)
+
+
+def _raised_by_learner(exc: BaseException) -> bool:
+    """Did ``exc`` go through the learner's code (a frame of a learner file below the checker)?"""
+    tb = exc.__traceback__
+    while tb is not None:
+        if _is_learner_file(tb.tb_frame.f_code.co_filename):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _checker(on_error: str) -> Callable:
     """Turn ``fn`` (which returns the success message or raises _NotYet) into a checker.
 
-    Any other exception, usually from the learner's own code, becomes a printed "Not yet" with
-    ``on_error`` as the hint: a checker prints, returns a bool and never raises.
+    A checker prints, returns a bool and raises only for its own bugs. "Not yet" comes from: the
+    ``_NotYet`` the checker raises on purpose (wrong values, types or shapes); ``NotImplementedError``
+    (an unfinished exercise); and any exception raised by the learner's code, inside a
+    :func:`_learner_code` block or in a frame of the learner's own files, reported with ``on_error`` as
+    the hint. Any other exception is a bug in the checker and propagates. The checker runs inside
+    ``torch.random.fork_rng()``, and the NumPy and Python generators are restored afterwards, so
+    checking an answer does not change the learner's later random draws.
     """
     def wrap(fn: Callable[..., str]) -> Callable[..., bool]:
         @functools.wraps(fn)
         def checker(*args, **kwargs) -> bool:
+            numpy_state, python_state = np.random.get_state(), random.getstate()
             try:
-                message = fn(*args, **kwargs)
+                with torch.random.fork_rng():
+                    message = fn(*args, **kwargs)
             except _NotYet as exc:
                 print(f"❌ Not yet: {exc.what}. Hint: {exc.hint}")
                 return False
@@ -55,10 +113,16 @@ def _checker(on_error: str) -> Callable:
                 print("❌ Not yet: your code still raises NotImplementedError, the exercise is not done. "
                       "Hint: replace `raise NotImplementedError()` by your solution.")
                 return False
-            except Exception as exc:  # the learner's code failed: report it, do not raise
-                print(f"❌ Not yet: checking your answer raised {type(exc).__name__}: {str(exc).rstrip('. ')}. "
-                      f"Hint: {on_error}")
+            except Exception as exc:
+                original = exc.original if isinstance(exc, _LearnerError) else exc
+                if not isinstance(exc, _LearnerError) and not _raised_by_learner(exc):
+                    raise  # a bug in the checker itself: say so loudly
+                print(f"❌ Not yet: checking your answer raised {type(original).__name__}: "
+                      f"{str(original).rstrip('. ')}. Hint: {on_error}")
                 return False
+            finally:
+                np.random.set_state(numpy_state)
+                random.setstate(python_state)
             print(f"✅ Correct: {message}")
             return True
         return checker
@@ -190,10 +254,11 @@ def check_reproducible(fn: Callable) -> str:
             return value.detach().cpu().numpy()
         return np.asarray(value, dtype=float)
 
-    first = as_array(fn(0))
-    torch.rand(7), np.random.rand(7)  # move the global generators on, as other cells would
-    again = as_array(fn(0))
-    other = as_array(fn(1))
+    with _learner_code():
+        first = as_array(fn(0))
+        torch.rand(7), np.random.rand(7)  # move the global generators on, as other cells would
+        again = as_array(fn(0))
+        other = as_array(fn(1))
     if first.shape != again.shape or not np.array_equal(first, again):
         raise _NotYet("two calls with seed 0 returned different numbers",
                       "seed inside the function, before drawing: seed_everything(seed) or torch.manual_seed(seed)")
@@ -261,7 +326,8 @@ def check_preprocessing(transform: Callable, image_size: int = 224) -> str:
                           "build it with v2.Compose([...]) or eval_transform(...)")
     white = Image.new("RGB", (300, 200), (255, 255, 255))
     black = Image.new("RGB", (300, 200), (0, 0, 0))
-    out = transform(white)
+    with _learner_code():
+        out = transform(white)
     if not isinstance(out, torch.Tensor):
         raise _NotYet(f"the transform returns a {type(out).__name__}, not a tensor",
                       "end with v2.ToImage(), v2.ToDtype(torch.float32, scale=True) and v2.Normalize(...)")
@@ -273,7 +339,8 @@ def check_preprocessing(transform: Callable, image_size: int = 224) -> str:
     if not out.is_floating_point():
         raise _NotYet(f"the output is {out.dtype}, not floating point", "add v2.ToDtype(torch.float32, scale=True)")
     w = float(out.mean())
-    b = float(transform(black).mean())
+    with _learner_code():
+        b = float(transform(black).mean())
     if w > 10:
         raise _NotYet(f"a white image gives values around {w:.0f}: the pixels were not scaled to [0, 1]",
                       "v2.ToDtype(torch.float32, scale=True) divides by 255")
@@ -288,7 +355,9 @@ def check_preprocessing(transform: Callable, image_size: int = 224) -> str:
         raise _NotYet(what, "the Lite models were trained on (x - 0.5) / 0.5: use mean = std = (0.5, 0.5, 0.5), "
                             "i.e. pre.mean and pre.std")
     checker = Image.fromarray((np.indices((200, 300)).sum(axis=0) % 2 * 255).astype(np.uint8)).convert("RGB")
-    if not all(torch.equal(transform(checker), transform(checker)) for _ in range(3)):
+    with _learner_code():
+        deterministic = all(torch.equal(transform(checker), transform(checker)) for _ in range(3))
+    if not deterministic:
         raise _NotYet("two calls on the same image give different tensors: the transform is random",
                       "evaluation needs a deterministic transform: CenterCrop, no RandomResizedCrop or flips")
     return f"(3, {image_size}, {image_size}) floats, white -> 1.0, black -> -1.0, the same every call."
@@ -322,7 +391,8 @@ def check_predict(predict: Callable) -> str:
     x = torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(1))
     bn = model[1]
     before = bn.running_mean.clone()
-    out = predict(model, x)
+    with _learner_code():
+        out = predict(model, x)
     if not isinstance(out, torch.Tensor):
         raise _NotYet(f"predict returned a {type(out).__name__}, not a tensor", "return the softmax of the logits")
     if tuple(out.shape) != (8, 3):
@@ -334,7 +404,8 @@ def check_predict(predict: Callable) -> str:
     if out.requires_grad:
         raise _NotYet("the result still tracks gradients (requires_grad=True), which wastes memory",
                       "wrap the forward pass in `with torch.no_grad():` (or torch.inference_mode())")
-    again = predict(model.train(), x)
+    with _learner_code():
+        again = predict(model.train(), x)
     if not torch.allclose(out, again):
         raise _NotYet("two calls on the same images gave different results: dropout was active",
                       "call model.eval() inside predict, every time")
@@ -363,9 +434,8 @@ def check_feature_extractor(backbone: nn.Module, num_features: int = 1280) -> st
     """
     backbone = _as_model(backbone, "pass the model itself, after model._fc = nn.Identity()")
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    backbone.eval()
-    with torch.no_grad():
-        out = backbone(x)
+    with _learner_code(), torch.no_grad():
+        out = backbone.eval()(x)
     shape = tuple(out.shape)
     if shape == (2, 1000):
         raise _NotYet("the model still outputs the 1000 ImageNet class scores",
@@ -410,7 +480,8 @@ def check_probe_accuracy(probe, X, y, margin: float = 0.15) -> str:
     if probe is None or isinstance(probe, (int, float, str)):
         raise _type_error(probe, "the fitted probe (a classifier), not its score",
                           "pass the classifier; the checker computes the accuracy itself")
-    pred = _predict_labels(probe, X)
+    with _learner_code():
+        pred = _predict_labels(probe, X)
     if len(pred) != len(labels):
         raise _NotYet(f"the probe gave {len(pred)} predictions for {len(labels)} labels",
                       "pass the features and labels of the same images")
@@ -510,7 +581,8 @@ def check_head_only_trainable(model: nn.Module) -> str:
     from tl_helpers.models import get_head
 
     model = _as_model(model, "pass the model itself")
-    name, head = get_head(model)
+    with _learner_code():
+        name, head = get_head(model)
     ids = {id(p) for p in head.parameters()}
     expected = {n for n, p in model.named_parameters() if id(p) in ids}
     _compare_trainable(model, expected, f"the head ({name})",
@@ -530,7 +602,8 @@ def check_last_blocks_trainable(model: nn.Module, n: int = 2) -> str:
     ✅ Correct: head_conv and classifier are trainable, 418,565 of 3,377,413 parameters (12.4%).
     """
     model = _as_model(model, "pass the model itself")
-    expected, names = _expected_last_stages(model, n)
+    with _learner_code():
+        expected, names = _expected_last_stages(model, n)
     _compare_trainable(model, expected, f"the last {n} blocks ({', '.join(names)})",
                        f"freeze the first len(blocks) - {n} entries of model_blocks(model): "
                        f"for name, block in blocks[:-{n}]: set requires_grad=False on block.parameters()")
@@ -572,9 +645,10 @@ def check_frozen_bn_mode(fn: Callable) -> str:
     model = _frozen_start_model()
     frozen_bn = model[0][1]
     before = (frozen_bn.running_mean.clone(), frozen_bn.running_var.clone())
-    fn(model)
     x = torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(2)) * 3 + 1
-    model(x)
+    with _learner_code():
+        fn(model)
+        model(x)
     if not model.training or not model[4].training:
         raise _NotYet("the model is not in training mode: dropout is off, so it would not train as intended",
                       "start with model.train(), then put only the frozen BatchNorm layers back with .eval()")
@@ -624,7 +698,8 @@ def check_new_head(model: nn.Module, num_classes: int = 5, dropout: float = 0.2)
     from tl_helpers.models import get_head
 
     model = _as_model(model, "pass the model itself")
-    name, head = get_head(model)
+    with _learner_code():
+        name, head = get_head(model)
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise _NotYet(f"the head ({name}) has no nn.Linear layer", f"use nn.Sequential(nn.Dropout({dropout}), "
@@ -637,7 +712,7 @@ def check_new_head(model: nn.Module, num_classes: int = 5, dropout: float = 0.2)
         raise _NotYet("the new head is frozen (requires_grad=False)", "replace the head *after* freezing the backbone")
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with _learner_code(), torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     model.train(was_training)
     if tuple(out.shape) != (2, num_classes):
@@ -719,7 +794,8 @@ def check_unfreeze_top(fn: Callable) -> str:
     base = freeze(_fresh_lite0(8))
     for k in (0, 1, 3, 5):
         model = copy.deepcopy(base)
-        fn(model, k)
+        with _learner_code():
+            fn(model, k)
         expected, names = _expected_last_stages(model, k)
         trainable = _trainable_names(model)
         if trainable != expected:
@@ -752,7 +828,8 @@ def check_param_groups(optimizer, model: nn.Module, head_lr: float = 1e-3, backb
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise _type_error(optimizer, "a torch.optim optimizer", hint)
     model = _as_model(model, "pass the model as the second argument")
-    head_ids = {id(p) for p in get_head(model)[1].parameters()}
+    with _learner_code():
+        head_ids = {id(p) for p in get_head(model)[1].parameters()}
     lr_of = {id(p): _group_lr(g) for g in optimizer.param_groups for p in g["params"]}
     trainable = [p for p in model.parameters() if p.requires_grad]
     missing = [p for p in trainable if id(p) not in lr_of]
