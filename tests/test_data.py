@@ -147,3 +147,30 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path))
     assert cache_dir("features") == Path(tmp_path) / "features"
     assert (Path(tmp_path) / "features").is_dir()
+
+
+def test_feature_cache_misses_for_another_structure_with_the_same_weights(tmp_path):
+    """Average and max pooling have the same state_dict: the key must tell the two models apart."""
+    torch.manual_seed(0)
+    avg = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    top = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+    top.load_state_dict(avg.state_dict())
+    X_avg, _ = data.extract_features(avg, small_subset(32), cache=tmp_path, progress=False)
+    X_max, _ = data.extract_features(top, small_subset(32), cache=tmp_path, progress=False)
+    assert torch.equal(X_max, data.compute_features(top, small_subset(32), progress=False)[0])
+    assert not torch.equal(X_avg, X_max) and len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_feature_cache_refuses_a_random_transform(tmp_path):
+    from torchvision.transforms import v2
+
+    augmenting = Subset(data.clipart_dataset(data.train_transform(32)), [0, 50])
+    with pytest.raises(ValueError, match=r"random \(RandomResizedCrop, RandomHorizontalFlip\).*evaluation transform"):
+        data.extract_features(CountingNet(), augmenting, cache=tmp_path, progress=False)
+    jitter = v2.Compose([v2.RandomApply([v2.ColorJitter(0.3)], p=0.5), data.eval_transform(32)])
+    with pytest.raises(ValueError, match="ColorJitter"):
+        data.extract_features(CountingNet(), Subset(data.clipart_dataset(jitter), [0]), cache=tmp_path,
+                              progress=False)
+    assert not list(tmp_path.glob("*.pt"))
+    X, _ = data.extract_features(CountingNet(), augmenting, cache=False, progress=False)   # unchanged
+    assert X.shape == (2, 4)

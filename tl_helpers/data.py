@@ -200,9 +200,39 @@ def _samples_of(dataset: Dataset) -> tuple[list, Callable | None]:
     return list(dataset.samples), dataset.transform
 
 
+# Transforms that draw at random (augmentation), besides every class whose name starts with "Random".
+AUGMENTING = ("ColorJitter", "RandAugment", "AutoAugment", "TrivialAugmentWide", "AugMix", "ElasticTransform",
+              "ScaleJitter", "GaussianNoise")
+
+
+def random_transforms(transform: Callable | None) -> list[str]:
+    """The random (augmenting) steps of ``transform``, found by walking its Compose (and RandomApply...).
+
+    >>> random_transforms(train_transform(64))
+    ['RandomResizedCrop', 'RandomHorizontalFlip']
+    >>> random_transforms(eval_transform(64))
+    []
+    """
+    found: list[str] = []
+
+    def walk(t) -> None:
+        name = type(t).__name__
+        sigma = getattr(t, "sigma", None)
+        blur = name == "GaussianBlur" and sigma is not None and len(set(sigma)) > 1
+        if name.startswith("Random") or name in AUGMENTING or blur:
+            found.append(name)
+        for child in getattr(t, "transforms", None) or []:
+            walk(child)
+
+    if transform is not None:
+        walk(transform)
+    return found
+
+
 def _fingerprint(model: nn.Module, dataset: Dataset) -> str:
-    """Key of the feature cache: the model's weights, the transform and the image files."""
+    """Key of the feature cache: the model's class, structure and weights, the transform and the image files."""
     h = hashlib.sha256()
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -231,10 +261,12 @@ def extract_features(backbone: nn.Module, dataset: Dataset, cache: Path | str | 
                      progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled backbone features for every image of ``dataset``, cached on disk.
 
-    The cache file is named by a hash of the backbone's weights, the dataset's transform and its image
-    files, so a rerun reads the features back in milliseconds and any change (other weights, another
-    resolution, an edited image) recomputes them. ``cache`` is a folder (default: the course cache);
-    pass ``cache=False`` to skip it. ``backbone`` should output one vector per image, e.g. a classifier
+    The cache file is named by a hash of the backbone's class, structure (``repr``) and weights, the
+    dataset's transform and its image files, so a rerun reads the features back in milliseconds and any
+    change (another model or head, other weights, another resolution, an edited image) recomputes them.
+    ``cache`` is a folder (default: the course cache); pass ``cache=False`` to skip it. A cached
+    dataset's transform must be deterministic: a random (augmenting) one raises a ValueError, since the
+    cache would freeze one random draw. ``backbone`` should output one vector per image, e.g. a classifier
     whose head was replaced by ``nn.Identity()``.
 
     >>> from tl_helpers.models import load_pretrained
@@ -246,6 +278,13 @@ def extract_features(backbone: nn.Module, dataset: Dataset, cache: Path | str | 
     """
     if cache is False:
         return compute_features(backbone, dataset, batch_size, device, progress)
+    augmenting = random_transforms(_samples_of(dataset)[1])
+    if augmenting:
+        raise ValueError(
+            f"The dataset's transform is random ({', '.join(augmenting)}): cached features would freeze one "
+            "random draw of each image, and augmentation only helps when the images go through the network "
+            "again every epoch (fine-tuning). Extract features with the evaluation transform, e.g. "
+            "clipart_splits(eval_transform(image_size, mean=pre.mean, std=pre.std)).")
     if cache is None:
         from tl_helpers.runtime import cache_dir
         cache = cache_dir("features")
