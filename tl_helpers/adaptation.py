@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tl_helpers.arrays import to_numpy
+
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -200,8 +202,7 @@ def proxy_a_distance(source: np.ndarray | torch.Tensor, target: np.ndarray | tor
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    xs = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
-    xt = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
+    xs, xt = to_numpy(source), to_numpy(target)
     if xs.ndim != 2 or xt.ndim != 2 or xs.shape[1] != xt.shape[1]:
         raise ValueError(f"proxy_a_distance compares two n x d feature arrays, got {xs.shape} and {xt.shape}.")
     rng = np.random.default_rng(seed)

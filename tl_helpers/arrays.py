@@ -2,7 +2,7 @@
 
 Images are ``uint8`` arrays of shape (N, 28, 28), labels ``int64`` arrays of shape (N,). They become
 float tensors (N, 1, 28, 28) scaled to [0, 1] and normalised with :func:`to_tensors`, and batches with
-:func:`array_loader`. Subsets with the same number of images in every class come from
+:func:`array_loader`; :func:`to_numpy` goes the other way for any tensor (the course's one converter). Subsets with the same number of images in every class come from
 :func:`per_class_indices`.
 
 >>> from tl_helpers.arrays import fashion_mnist, per_class_indices
@@ -157,6 +157,17 @@ def per_class_indices(labels, n_per_class: int | None, seed: int = 0,
                              "ask for fewer per class or use the full data set.")
         keep.append(rng.choice(idx, size=n_per_class, replace=False))
     return np.sort(np.concatenate(keep))
+
+
+def to_numpy(values) -> np.ndarray:
+    """A tensor (detached, moved to the CPU), an array, a list or a number as a NumPy array.
+
+    >>> to_numpy(torch.tensor([1.5, 2.0], requires_grad=True)), to_numpy([1, 2])
+    (array([1.5, 2. ], dtype=float32), array([1, 2]))
+    """
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray | None = None, mean: float = 0.5,

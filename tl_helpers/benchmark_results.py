@@ -26,20 +26,29 @@ DATASET = "clipart8"
 RESULTS = Path("benchmarks") / "results.json"
 
 
-def find_results(start: Path | None = None) -> Path:
-    """``benchmarks/results.json`` in the course folder: looked for from ``start`` (default: the working
-    folder, e.g. ``notebooks/``) upwards, so it is found from the notebooks and from the repository root."""
+def _find_results(name: str, start: Path | None = None) -> Path:
+    """``benchmarks/<name>`` in the course folder, looked for from ``start`` (default: the working folder,
+    e.g. ``notebooks/``) upwards, so it is found from the notebooks and from the repository root."""
     here = (start or Path.cwd()).resolve()
+    relative = RESULTS.parent / name
     for folder in (here, *here.parents):
-        if (folder / RESULTS).is_file():
-            return folder / RESULTS
-    raise FileNotFoundError(f"{RESULTS} not found above {here}: run the notebooks from the course folder "
-                            "(the one with benchmarks/ in it), or run `make bench` to produce it.")
+        if (folder / relative).is_file():
+            return folder / relative
+    raise FileNotFoundError(f"{relative} not found above {here.name or here}: run the notebooks from the course "
+                            "folder (the one with benchmarks/ in it), or run `make bench` to produce it.")
 
 
-def load_results(path: str | Path | None = None) -> dict:
-    """The benchmark results as a dict (see ``benchmarks/README.md`` for the fields)."""
-    return json.loads(Path(path or find_results()).read_text())
+def load_results(path: str | Path | None = None, name: str = RESULTS.name, start: Path | None = None) -> dict:
+    """The committed benchmark results as a dict: the one way chapters read them (see ``benchmarks/README.md``).
+
+    ``path`` names the file; by default ``benchmarks/<name>`` (``results.json``, or e.g.
+    ``fashion_results.json``) is looked for from ``start`` (default: the working folder) upwards, so the
+    same call works in ``notebooks/`` and at the repository root.
+
+    >>> "clipart8" in load_results()
+    True
+    """
+    return json.loads(Path(path or _find_results(name, start)).read_text())
 
 
 def stale_note(results: dict) -> str | None:

@@ -25,6 +25,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from tl_helpers.files import atomic_write
 from tl_helpers.groups import group_split
 
 SPLITS = ("train", "val", "test")
@@ -293,8 +294,5 @@ def extract_features(backbone: nn.Module, dataset: Dataset, cache: Path | str | 
         saved = torch.load(path, weights_only=True)
         return saved["features"], saved["labels"]
     feats, labels = compute_features(backbone, dataset, batch_size, device, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"features": feats, "labels": labels}, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written cache file
+    atomic_write(path, {"features": feats, "labels": labels})   # a crash never leaves a half-written file
     return feats, labels

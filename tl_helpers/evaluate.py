@@ -16,6 +16,8 @@ import torch
 from sklearn import metrics as sk_metrics
 from torch import nn
 
+from tl_helpers.arrays import to_numpy
+
 
 def topk_predictions(logits: torch.Tensor, categories: list[str], k: int = 5,
                      decimals: int = 4) -> list[list[tuple[str, float]]]:
@@ -24,13 +26,6 @@ def topk_predictions(logits: torch.Tensor, categories: list[str], k: int = 5,
     values, indices = probs.topk(k, dim=1)
     return [[(categories[int(i)], round(float(v), decimals)) for v, i in zip(vs, ids)]
             for vs, ids in zip(values, indices)]
-
-
-def _np(values) -> np.ndarray:
-    """A tensor, array or list as a NumPy array (on the CPU)."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 @torch.no_grad()
@@ -68,7 +63,7 @@ def accuracy(y_true, y_pred) -> float:
     >>> accuracy([0, 1, 2, 2], [0, 1, 1, 2])
     0.75
     """
-    y_true, y_pred = _np(y_true), _np(y_pred)
+    y_true, y_pred = to_numpy(y_true), to_numpy(y_pred)
     if len(y_true) != len(y_pred) or len(y_true) == 0:
         raise ValueError(f"accuracy() needs two non-empty sequences of equal length, got {len(y_true)} "
                          f"and {len(y_pred)}.")
@@ -81,8 +76,8 @@ def topk_accuracy(probs, y_true, k: int = 5) -> float:
     >>> topk_accuracy(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6]]), [1, 0], k=2)
     0.5
     """
-    probs = torch.as_tensor(_np(probs))
-    y_true = torch.as_tensor(_np(y_true)).long()
+    probs = torch.as_tensor(to_numpy(probs))
+    y_true = torch.as_tensor(to_numpy(y_true)).long()
     k = min(k, probs.shape[1])
     top = probs.topk(k, dim=1).indices
     return int((top == y_true[:, None]).any(dim=1).sum()) / len(y_true)
@@ -94,7 +89,7 @@ def classification_report(y_true, y_pred, classes: Sequence[str], digits: int = 
     >>> print(classification_report([0, 1, 1], [0, 1, 0], ["cat", "dog"], digits=2).splitlines()[2])
              cat       0.50      1.00      0.67         1
     """
-    return sk_metrics.classification_report(_np(y_true), _np(y_pred), labels=list(range(len(classes))),
+    return sk_metrics.classification_report(to_numpy(y_true), to_numpy(y_pred), labels=list(range(len(classes))),
                                             target_names=list(classes), digits=digits, zero_division=0)
 
 
@@ -104,7 +99,7 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     >>> confusion_matrix([0, 1, 1], [0, 1, 0], 3).tolist()
     [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
     """
-    return sk_metrics.confusion_matrix(_np(y_true), _np(y_pred), labels=list(range(num_classes)))
+    return sk_metrics.confusion_matrix(to_numpy(y_true), to_numpy(y_pred), labels=list(range(num_classes)))
 
 
 def misclassified(preds, labels) -> list[int]:
@@ -113,7 +108,7 @@ def misclassified(preds, labels) -> list[int]:
     >>> misclassified(torch.tensor([0, 2, 1]), torch.tensor([0, 1, 1]))
     [1]
     """
-    return [int(i) for i in np.flatnonzero(_np(preds) != _np(labels))]
+    return [int(i) for i in np.flatnonzero(to_numpy(preds) != to_numpy(labels))]
 
 
 def reliability_curve(probs, y_true, n_bins: int = 10) -> dict:
@@ -127,8 +122,8 @@ def reliability_curve(probs, y_true, n_bins: int = 10) -> dict:
     >>> curve["counts"].tolist(), curve["accuracy"].tolist()
     ([0, 2], [nan, 0.5])
     """
-    probs = _np(probs).astype(float)
-    y_true = _np(y_true)
+    probs = to_numpy(probs).astype(float)
+    y_true = to_numpy(y_true)
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     correct = (pred == y_true).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -165,7 +160,7 @@ def bootstrap_ci(y_true, y_pred, n: int = 1000, alpha: float = 0.05, seed: int =
     >>> acc, low <= acc <= high
     (0.8, True)
     """
-    correct = (_np(y_true) == _np(y_pred)).astype(float)
+    correct = (to_numpy(y_true) == to_numpy(y_pred)).astype(float)
     rng = np.random.default_rng(seed)
     samples = correct[rng.integers(0, len(correct), size=(n, len(correct)))].mean(axis=1)
     low, high = np.quantile(samples, [alpha / 2, 1 - alpha / 2])

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tl_helpers.data import stratified_split
+from tl_helpers.files import atomic_write
 from tl_helpers.models import OfflineWeightsError
 
 MINILM = "all-MiniLM-L6-v2"
@@ -405,10 +406,7 @@ def embed_texts(body: nn.Module, tokenizer, texts: Sequence[str], pooling: str =
     if path.exists():
         return torch.load(path, weights_only=True)
     emb = compute_embeddings(body, tokenizer, texts, pooling, max_length, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(emb, tmp)
-    tmp.replace(path)
+    atomic_write(path, emb)
     return emb
 
 

@@ -19,7 +19,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import shutil
@@ -34,6 +33,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
 from tqdm.auto import tqdm
 
+from tl_helpers.files import atomic_write
 from tl_helpers.models import format_table, train_mode
 from tl_helpers.runtime import get_device
 
@@ -289,19 +289,12 @@ def run_settings(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int
     }
     return _plain(settings | extra)
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written checkpoint
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler=None, history: History | None = None, **extra) -> Path:
     """Save weights (and optionally optimizer, scheduler, history, any extra keys) to ``path``, atomically.
 
-    The file is written to ``path.tmp`` first, then renamed, so an interrupted save never leaves a
-    damaged checkpoint. Everything stored loads with ``torch.load(weights_only=True)``. A ``settings``
+    The file is written by :func:`tl_helpers.files.atomic_write` (a temporary file, then renamed), so an
+    interrupted save never leaves a damaged checkpoint. Everything stored loads with ``torch.load(weights_only=True)``. A ``settings``
     dict (``fit`` passes :func:`run_settings`) is stored with its hash, ``settings_hash``.
 
     >>> import tempfile
@@ -321,9 +314,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if isinstance(state.get("settings"), dict):
         state["settings"] = _plain(state["settings"])
         state["settings_hash"] = settings_hash(state["settings"])
-    path = Path(path)
-    _atomic_save(state, path)
-    return path
+    return atomic_write(path, state)
 
 
 def load_checkpoint(path: str | Path, model: nn.Module | None = None,

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tl_helpers.arrays import to_numpy
+
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -250,9 +252,7 @@ def check_reproducible(fn: Callable) -> str:
         raise _type_error(fn, "a function of one argument, the seed", "define def draw(seed): ... and pass draw")
 
     def as_array(value) -> np.ndarray:
-        if isinstance(value, torch.Tensor):
-            return value.detach().cpu().numpy()
-        return np.asarray(value, dtype=float)
+        return to_numpy(value).astype(float)
 
     with _learner_code():
         first = as_array(fn(0))
@@ -453,8 +453,7 @@ def check_feature_extractor(backbone: nn.Module, num_features: int = 1280) -> st
 def _predict_labels(probe, X: torch.Tensor) -> np.ndarray:
     """Class predictions of a scikit-learn estimator, an nn.Module or a function, on features ``X``."""
     if hasattr(probe, "predict") and not isinstance(probe, nn.Module):
-        X_np = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
-        return np.asarray(probe.predict(X_np)).reshape(-1)
+        return np.asarray(probe.predict(to_numpy(X))).reshape(-1)
     if isinstance(probe, nn.Module):
         probe.eval()
     with torch.no_grad():
@@ -476,7 +475,7 @@ def check_probe_accuracy(probe, X, y, margin: float = 0.15) -> str:
     >>> ok = check_probe_accuracy(LogisticRegression().fit(X.numpy(), y.numpy()), X, y)  # doctest: +ELLIPSIS
     ✅ Correct: ...
     """
-    labels = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y).reshape(-1)
+    labels = to_numpy(y).reshape(-1)
     if probe is None or isinstance(probe, (int, float, str)):
         raise _type_error(probe, "the fitted probe (a classifier), not its score",
                           "pass the classifier; the checker computes the accuracy itself")
@@ -903,7 +902,7 @@ def check_lr_choice(answer, lrs: Sequence[float], losses: Sequence[float]) -> st
 # --------------------------------------------------------------------------------------------------
 
 def _np_labels(y) -> np.ndarray:
-    return np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y).reshape(-1)
+    return to_numpy(y).reshape(-1)
 
 
 @_checker("give the ECE as one number between 0 and 1.")
@@ -919,7 +918,7 @@ def check_ece(answer, probs, labels, n_bins: int = 10) -> str:
     value = _as_number(answer, "one number (a float)", "sum over bins of (bin size / N) * |accuracy - confidence|")
     curve = reliability_curve(probs, labels, n_bins)
     ece = curve["ece"]
-    p = np.asarray(probs.detach().cpu() if isinstance(probs, torch.Tensor) else probs, dtype=float)
+    p = to_numpy(probs).astype(float)
     y = _np_labels(labels).astype(int)
     conf, right = p.max(1), (p.argmax(1) == y).astype(float)
     left_closed = np.clip(np.floor(conf * n_bins).astype(int), 0, n_bins - 1)  # bins [lo, hi): also fine

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tl_helpers.arrays import to_numpy
 from tl_helpers.checks import Exercise, _NotYet, _checker, _type_error
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -38,8 +39,7 @@ def _iou_cases() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[str]]:
 
 
 def _values(out, n: int) -> np.ndarray:
-    if isinstance(out, torch.Tensor):
-        out = out.detach().cpu().numpy()
+    out = to_numpy(out) if isinstance(out, torch.Tensor) else out
     if isinstance(out, (int, float, np.number)) or (isinstance(out, np.ndarray) and out.size == 1 and n > 1):
         raise _NotYet(f"your function returned a single number ({float(np.asarray(out)):.3f}) for a batch of {n} "
                       "masks", "compute the intersection and the union per image: sum over the pixel "
