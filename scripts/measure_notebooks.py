@@ -37,10 +37,12 @@ import nbformat
 from nbclient import NotebookClient
 path = sys.argv[1]
 nb = nbformat.read(path, as_version=4)
+kernelspec = dict(nb.metadata.get("kernelspec", {}))
 start = time.perf_counter()
 NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": sys.argv[2]}}).execute()
 seconds = time.perf_counter() - start
 if sys.argv[3] == "write":
+    nb.metadata["kernelspec"] = kernelspec      # the kernel the notebook names, not the one that ran it here
     nbformat.write(nb, path)
 peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(json.dumps({"seconds": seconds, "kernel_peak_mb": peak_kb / 1024}))
