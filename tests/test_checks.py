@@ -77,6 +77,11 @@ def predict_logits(model, x):
         return model(x)
 
 
+def tiny_imagenet_classifier():
+    """Any network with 1000 outputs will do for the predict-then-check exercise: the checker runs it."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 1000))
+
+
 def draw(seed):
     seed_everything(seed)
     return torch.randn(4, 3)
@@ -175,17 +180,20 @@ LABELS = [0, 1, 1, 0, 0, 0]
 
 CASES = {
     # id: (reference call, [typical wrong calls], [for each wrong call, words of ITS OWN message])
-    "00.1": (lambda: checks.check_device(get_device()),
-             [lambda: checks.check_device(get_device().type)], ["is a string, not a torch.device"]),
+    "00.1": (lambda: checks.predictions.check_size_predictions(10248, 1572864),
+             [lambda: checks.predictions.check_size_predictions(10240, 1572864),
+              lambda: checks.predictions.check_size_predictions(10248, 524288)],
+             ["the weights only", "leaves out the colour channels"]),
     "00.2": (lambda: checks.check_parameter_count(22, nn.Linear(10, 2)),
              [lambda: checks.check_parameter_count(2, nn.Linear(10, 2))], ["number of parameter *tensors*"]),
     "00.3": (lambda: checks.check_reproducible(draw),
              [lambda: checks.check_reproducible(lambda seed: torch.randn(3)),
               lambda: checks.check_reproducible(lambda seed: torch.zeros(3))],
              ["two calls with seed 0 returned different numbers", "seeds 0 and 1 returned the same numbers"]),
-    "01.1": (lambda: checks.check_top1_class("tripod"),
-             [lambda: checks.check_top1_class("camera"), lambda: checks.check_top1_class("harmonica")],
-             ["is the photo's name, not the model's prediction", "is number 2 of the top-5, not the top-1"]),
+    "01.1": (lambda: checks.predictions.check_output_predictions((3, 1000), 1.0, True, tiny_imagenet_classifier()),
+             [lambda: checks.predictions.check_output_predictions((1000,), 1.0, True, tiny_imagenet_classifier()),
+              lambda: checks.predictions.check_output_predictions((3, 1000), 1.0, False, tiny_imagenet_classifier())],
+             ["forgets the batch dimension", "only the softmax makes them positive"]),
     "01.2": (lambda: checks.check_preprocessing(eval_transform(224, resize_size=256)),
              [lambda: checks.check_preprocessing(eval_transform(224, 256, IMAGENET_MEAN, IMAGENET_STD)),
               lambda: checks.check_preprocessing(eval_transform(224, 256, (0, 0, 0), (1, 1, 1))),
@@ -327,7 +335,8 @@ def test_a_totally_wrong_type_prints_instead_of_raising(ex_id, capsys):
     checker = checks.EXERCISES[ex_id].checker
     extra = {"02.2": blobs(), "02.3": bank_and_query(), "04.3": (nn.Linear(2, 2),), "05.2": (nn.Linear(2, 2),),
              "05.3": range_test(), "06.1": (PROBS, LABELS), "06.2": (correct_vector(),),
-             "06.3": overconfident(), "00.2": (nn.Linear(2, 2),)}.get(ex_id, ())
+             "06.3": overconfident(), "00.2": (nn.Linear(2, 2),), "00.1": (1572864,),
+             "01.1": (1.0, True, tiny_imagenet_classifier())}.get(ex_id, ())
     for answer in ("banana", None, 3.5j):
         assert checker(answer, *extra) is False
         out = capsys.readouterr().out

@@ -179,33 +179,6 @@ def _fresh_lite0(num_classes: int | None = None) -> nn.Module:
 # Setup and tour
 # --------------------------------------------------------------------------------------------------
 
-@_checker("pass the device object itself, e.g. device = get_device().")
-def check_device(answer) -> str:
-    """Is ``answer`` the best device this machine has (CUDA, then MPS, then the CPU)?
-
-    >>> from tl_helpers.runtime import get_device
-    >>> ok = check_device(get_device())  # doctest: +ELLIPSIS
-    ✅ Correct: ...
-    """
-    from tl_helpers.runtime import get_device
-
-    if isinstance(answer, str):
-        raise _NotYet(f"{answer!r} is a string, not a torch.device",
-                      f"wrap it: torch.device({answer!r}), or simply use get_device()")
-    if not isinstance(answer, torch.device):
-        raise _type_error(answer, "a torch.device", "use get_device() from tl_helpers.runtime")
-    best = get_device()
-    if answer.type != best.type:
-        available = {"cuda": torch.cuda.is_available(),
-                     "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-        if answer.type in available and not available[answer.type]:
-            raise _NotYet(f"this machine has no {answer.type.upper()} device",
-                          f"the best device here is {best.type!r}; get_device() finds it for you")
-        raise _NotYet(f"{answer.type!r} works, but this machine has a faster device: {best.type!r}",
-                      "check torch.cuda.is_available() and torch.backends.mps.is_available(), or use get_device()")
-    return "that is the best device on this machine (get_device() picks the same)."
-
-
 @_checker("count with sum(p.numel() for p in model.parameters()).")
 def check_parameter_count(answer, model: nn.Module) -> str:
     """Is ``answer`` the number of parameters (single numbers, not tensors) of ``model``?
@@ -271,41 +244,6 @@ def check_reproducible(fn: Callable) -> str:
 # --------------------------------------------------------------------------------------------------
 # Pretrained models
 # --------------------------------------------------------------------------------------------------
-
-@_checker("give the class name as a string, e.g. pre.categories[int(logits.argmax())].")
-def check_top1_class(answer, photo: str = "camera") -> str:
-    """Is ``answer`` EfficientNet-Lite0's top-1 ImageNet class for the scikit-image photo ``photo``?
-
-    The checker runs the pretrained model itself (224 px, the weights' own preprocessing).
-    """
-    from PIL import Image
-    from skimage import data as skdata
-
-    from tl_helpers.models import load_pretrained
-
-    hint = "take the argmax of the logits and look it up: pre.categories[int(logits.argmax())]"
-    if isinstance(answer, (int, np.integer, torch.Tensor)) and not isinstance(answer, bool):
-        raise _NotYet(f"{answer!r} is a class *index*", "give the class name: pre.categories[index]")
-    if not isinstance(answer, str):
-        raise _type_error(answer, "a class name (str)", hint)
-    pre = load_pretrained("efficientnet_lite0")
-    image = Image.fromarray(getattr(skdata, photo)()).convert("RGB")
-    with torch.no_grad():
-        probs = pre.model(pre.transforms(image)[None]).softmax(dim=1)[0]
-    top = [pre.categories[int(i)] for i in probs.topk(5).indices]
-    given = answer.strip().lower()
-    if given == top[0].lower():
-        return f"the model sees a {top[0]!r} ({float(probs.max()):.0%} sure)."
-    if given in [t.lower() for t in top]:
-        rank = [t.lower() for t in top].index(given) + 1
-        raise _NotYet(f"{answer!r} is number {rank} of the top-5, not the top-1", hint)
-    if given == photo.lower():
-        raise _NotYet(f"{answer!r} is the photo's name, not the model's prediction", hint)
-    if answer not in pre.categories and given not in [c.lower() for c in pre.categories]:
-        raise _NotYet(f"{answer!r} is not one of the 1000 ImageNet class names", hint)
-    raise _NotYet(f"{answer!r} is an ImageNet class, but not the model's top-1 for this photo",
-                  "use pre.transforms (the weights' own preprocessing), model.eval() and the argmax")
-
 
 @_checker("pass the transform itself (a callable that takes a PIL image and returns a tensor).")
 def check_preprocessing(transform: Callable, image_size: int = 224) -> str:
@@ -1057,10 +995,8 @@ class Exercise:
 
 
 EXERCISES: dict[str, Exercise] = {
-    "00.1": Exercise("Which device will the course use?", "00", check_device),
     "00.2": Exercise("Count the parameters of a model", "00", check_parameter_count),
     "00.3": Exercise("A random draw you can repeat", "00", check_reproducible),
-    "01.1": Exercise("The top-1 class of a photo", "01", check_top1_class),
     "01.2": Exercise("Preprocessing for EfficientNet-Lite: size, mean and std", "01", check_preprocessing),
     "01.3": Exercise("A safe predict(): what model.eval() changes", "01", check_predict),
     "02.1": Exercise("Turn a classifier into a feature extractor", "02", check_feature_extractor),
@@ -1084,8 +1020,8 @@ EXERCISES: dict[str, Exercise] = {
 
 # Later chapters keep their checkers in a module of their own (tl_helpers.checks.<topic>), each with an
 # EXERCISES dict of its own; they join the catalogue here, so EXERCISES lists every exercise of the course.
-from tl_helpers.checks import (adaptation, distributed, own_images, segmentation, text,  # noqa: E402
-                               what_transfers)
+from tl_helpers.checks import (adaptation, distributed, own_images, predictions, segmentation,  # noqa: E402
+                               text, what_transfers)
 
-for _topic in (own_images, what_transfers, adaptation, text, segmentation, distributed):
+for _topic in (predictions, own_images, what_transfers, adaptation, text, segmentation, distributed):
     EXERCISES.update(_topic.EXERCISES)
