@@ -532,7 +532,7 @@ def lr_sweep(cache: Path, lrs=LR_SWEEP, n_splits: int = DEFAULT_SPLITS, force: b
                 cells = [run_cell(recipe, k, cache, force, None, {"backbone_lr": lr}, log, tag=f"lr{lr:g}")
                          for k in range(n_splits)]
             out[recipe][f"{lr:g}"] = [round(c["acc"], 2) for c in cells]
-    return {"backbone_lrs": [f"{lr:g}" for lr in lrs], "splits": list(range(n_splits)), "test_acc": out}
+    return {"backbone_lrs": [f"{lr:g}" for lr in sorted(lrs)], "splits": list(range(n_splits)), "test_acc": out}
 
 
 QUICK_DATA = {"image_size": 64, "batch_size": 8, "limit": 16, "max_batches": 2}

@@ -255,3 +255,38 @@ def lr_finder_plot(lrs: Sequence[float], losses: Sequence[float], suggestion: fl
     ax.set_title("learning-rate range test")
     fig.tight_layout()
     return fig
+
+
+def sweep_plot(xs: Sequence[float], curves: dict[str, Sequence[tuple[float, float, float]]],
+               difference: Sequence[tuple[float, float, float]] | None = None, xlabel: str = "",
+               ylabel: str = "test accuracy (%)", difference_label: str = "difference (points)") -> Figure:
+    """Means with their intervals against a setting on a log axis, one line per curve; with ``difference``
+    (mean, low, high per x, e.g. a paired difference) a second panel with a zero line.
+
+    >>> fig = sweep_plot([1e-4, 1e-3], {"a": [(70, 65, 75), (60, 50, 70)]}, [(1, -2, 4), (9, 3, 15)])
+    >>> len(fig.axes), fig.axes[0].get_xscale()
+    (2, 'log')
+    """
+    panels = 2 if difference is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    for k, (name, points) in enumerate(curves.items()):
+        m, lo, hi = (np.array(v, dtype=float) for v in zip(*points))
+        shift = 1 + 0.04 * (k - (len(curves) - 1) / 2)               # side by side, not on top of each other
+        ax.errorbar(np.asarray(xs) * shift, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if difference is not None:
+        ax = axes[0, 1]
+        m, lo, hi = (np.array(v, dtype=float) for v in zip(*difference))
+        ax.errorbar(xs, m, yerr=[m - lo, hi - m], marker="o", capsize=3, color="tab:green")
+        ax.axhline(0, color="black", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(difference_label)
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
