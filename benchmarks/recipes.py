@@ -34,8 +34,9 @@ from torch.optim.lr_scheduler import OneCycleLR, StepLR
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tl_helpers.data import clipart_splits, eval_transform, extract_features, train_transform
-from tl_helpers.models import load_pretrained, param_groups, replace_head, set_bn_eval
+from tl_helpers.models import load_pretrained
 from tl_helpers.runtime import get_device
+from tl_helpers.surgery import param_groups, replace_head, set_bn_eval
 from tl_helpers.train import fit
 
 IMAGE_SIZE = 128
@@ -283,30 +284,30 @@ def one_phase(data: BenchData, epochs: int = 8, head_lr: float = 1e-3, backbone_
 
 
 # ------------------------------------------------------------------------------------------------
-# THE COURSE'S RECIPE: the hook the lead wires to tl_helpers.train.two_phase
+# THE COURSE'S RECIPE: the hook the lead wires to tl_helpers.recipe.two_phase
 # ------------------------------------------------------------------------------------------------
 
 def two_phase_recipe(data: BenchData, **settings) -> nn.Module:
-    """THE COURSE'S RECIPE (chapter 05): ``tl_helpers.train.two_phase`` with ``tl_helpers.train.Recipe``.
+    """THE COURSE'S RECIPE (chapter 05): ``tl_helpers.recipe.two_phase`` with ``tl_helpers.recipe.Recipe``.
 
-    Source: this course, tl_helpers/train.py (``Recipe``'s docstring and fields list every setting;
+    Source: this course, tl_helpers/recipe.py (``Recipe``'s docstring and fields list every setting;
     ``settings`` override its fields, e.g. ``all_epochs=6``). Phase 1 on pooled features of the
     training images at the eval transform (computed here, no disk cache, so their time counts).
-    Raises NotImplementedError while ``tl_helpers.train.two_phase`` does not exist; the harness then
+    Raises NotImplementedError while ``tl_helpers.recipe.two_phase`` does not exist; the harness then
     skips it.
     """
-    from tl_helpers import train as tl_train
+    from tl_helpers import recipe as tl_recipe
 
-    two_phase = getattr(tl_train, "two_phase", None)
+    two_phase = getattr(tl_recipe, "two_phase", None)
     if two_phase is None:
-        raise NotImplementedError("waiting for tl_helpers.train.two_phase")
+        raise NotImplementedError("waiting for tl_helpers.recipe.two_phase")
     # ---- LEAD: the call below follows two_phase's signature of 2026-11-23; adapt it here if it changes.
     model = _lite0(data)
     head, model._fc = model._fc, nn.Identity()
     feats = [extract_features(model, part, cache=False, batch_size=data.batch_size, device=data.device,
                               progress=False) for part in (data.train_eval, data.val)]
     model._fc = head
-    recipe = tl_train.Recipe(**settings)
+    recipe = tl_recipe.Recipe(**settings)
     two_phase(model, data.train_loader(), data.eval_loader("val"), (*feats[0], *feats[1]), recipe=recipe,
               device=data.device, progress=False)
     return model
@@ -316,9 +317,9 @@ def _two_phase_defaults() -> dict:
     """The course recipe's settings (``Recipe``'s fields), so that changing them invalidates the cache."""
     from dataclasses import asdict
 
-    from tl_helpers import train as tl_train
+    from tl_helpers import recipe as tl_recipe
 
-    recipe = getattr(tl_train, "Recipe", None)
+    recipe = getattr(tl_recipe, "Recipe", None)
     return asdict(recipe()) if recipe is not None else {}
 
 
@@ -349,7 +350,7 @@ def best(data: BenchData, tta: bool = True, **settings) -> nn.Module:
     ``python -m benchmarks.run --select-best`` (``benchmarks/best_selection.json``); the chosen one is
     ``BEST`` below. The harness builds the data at ``RECIPE_IMAGE_SIZE["best"]``.
 
-    - training: :func:`two_phase_recipe` (``tl_helpers.train.two_phase``) with ``settings`` overriding
+    - training: :func:`two_phase_recipe` (``tl_helpers.recipe.two_phase``) with ``settings`` overriding
       ``Recipe``'s fields, on the images at the chosen size (Clipart-8 images are 160 px)
     - test: ``FlipTTA``: logits of the image and of its mirror image averaged (``tta=False`` turns it off)
     """
@@ -608,7 +609,7 @@ SMOKE: dict[str, dict] = {
 
 COURSE_RECIPE = "two_phase"
 
-# Candidate settings of the course's recipe (overrides of tl_helpers.train.Recipe), compared by
+# Candidate settings of the course's recipe (overrides of tl_helpers.recipe.Recipe), compared by
 # `python -m benchmarks.run --select` on the VALIDATION parts of selection splits 5-9 only. The test parts
 # of splits 0-4, which the results report, play no part in the choice (benchmarks/README.md, "Protocol").
 CANDIDATES: dict[str, dict] = {

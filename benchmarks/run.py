@@ -295,8 +295,10 @@ def measure_phase1_speedup(data: BenchData, epochs: int = 3, feature_epochs: int
     Extracting the features once is not counted (it is what phase 1 pays once, a few seconds).
     """
     from tl_helpers.data import extract_features
-    from tl_helpers.models import freeze, load_pretrained, replace_head
-    from tl_helpers.train import fit_head_on_features, train_one_epoch
+    from tl_helpers.models import load_pretrained
+    from tl_helpers.recipe import fit_head_on_features
+    from tl_helpers.surgery import freeze, replace_head
+    from tl_helpers.train import train_one_epoch
 
     model = replace_head(load_pretrained(image_size=data.image_size).model, data.num_classes)
     freeze(model)
@@ -390,7 +392,8 @@ def measure_loop_overhead(data: BenchData, n_images: int = 64, epochs: int = 2, 
     time ``fit`` adds per step (measured on a tiny model, where it is all there is) over the CPU time of
     a bare Lite0 step.
     """
-    from tl_helpers.models import load_pretrained, replace_head
+    from tl_helpers.models import load_pretrained
+    from tl_helpers.surgery import replace_head
     from tl_helpers.train import fit
 
     model = replace_head(load_pretrained(image_size=data.image_size).model, data.num_classes).to(data.device)

@@ -17,9 +17,10 @@ from torch import nn
 from tl_helpers import checks
 from tl_helpers.data import eval_transform, train_transform
 from tl_helpers.evaluate import bootstrap_ci, expected_calibration_error, fit_temperature
-from tl_helpers.models import IMAGENET_MEAN, IMAGENET_STD, freeze, model_blocks, param_groups, unfreeze
+from tl_helpers.lr_finder import suggest_lr
+from tl_helpers.models import IMAGENET_MEAN, IMAGENET_STD
 from tl_helpers.runtime import get_device, seed_everything
-from tl_helpers.train import suggest_lr
+from tl_helpers.surgery import freeze, model_blocks, param_groups, unfreeze
 
 
 def lite0(num_classes=None):
@@ -105,7 +106,7 @@ def head_only():
 
 def last_two(n_frozen_from_end=2):
     model = lite0(5)
-    freeze(model, blocks=len(model_blocks(model)) - n_frozen_from_end)
+    freeze(model, first=len(model_blocks(model)) - n_frozen_from_end)
     return model
 
 
@@ -137,7 +138,7 @@ def stale_optimizer():
 
 
 def unfreeze_ref(model, k):
-    unfreeze(model, blocks=k)
+    unfreeze(model, last=k)
 
 
 def unfreeze_minus_zero_bug(model, k):
@@ -148,7 +149,7 @@ def unfreeze_minus_zero_bug(model, k):
 
 def groups_model():
     model = lite0(8)
-    freeze(model, blocks=10)
+    freeze(model, first=10)
     return model
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tl_helpers.checkpoints import save_checkpoint
 from tl_helpers.cli import main
 from tl_helpers.imagefolder import write_example_folder
-from tl_helpers.train import save_checkpoint
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

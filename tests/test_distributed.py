@@ -18,10 +18,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tl_helpers import distributed as D
+from tl_helpers.checkpoints import load_checkpoint
 from tl_helpers.checks import distributed as checks
 from tl_helpers.data import clipart_splits, eval_transform
-from tl_helpers.models import freeze, load_pretrained, replace_head, set_bn_eval, unfreeze
-from tl_helpers.train import load_checkpoint
+from tl_helpers.models import load_pretrained
+from tl_helpers.surgery import freeze, replace_head, set_bn_eval, unfreeze
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -128,7 +129,7 @@ def group_of_one(monkeypatch):
 def test_wrap_syncs_only_trainable_parameters_and_notices_later_unfreezing(group_of_one):
     d = group_of_one
     net = set_bn_eval(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)))
-    freeze(net, blocks=2)
+    freeze(net, first=2)
     ddp = D.wrap(net, d)
     assert isinstance(ddp, DDP) and D.unwrap(ddp) is net
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)

@@ -12,7 +12,8 @@ from tl_helpers.export import (OnnxClassifier, compare_with_pytorch, export, exp
                                load_torchscript, onnx_preprocess, run_without_torch)
 from tl_helpers.finetuned import FineTuned
 from tl_helpers.imagefolder import DataError, write_example_folder
-from tl_helpers.models import load_pretrained, replace_head
+from tl_helpers.models import load_pretrained
+from tl_helpers.surgery import replace_head
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from tl_helpers.checkpoints import save_checkpoint
 from tl_helpers.finetuned import CheckpointError, FineTuned, TestReport, finetune, load_finetuned, recipe_for
 from tl_helpers.imagefolder import DataError, scan_image_folder, write_example_folder
-from tl_helpers.train import Recipe, save_checkpoint
+from tl_helpers.recipe import Recipe
 
 
 @pytest.fixture(scope="module")

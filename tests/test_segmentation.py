@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from tl_helpers.checks import segmentation as seg_checks
-from tl_helpers.models import load_pretrained, set_bn_eval
+from tl_helpers.models import load_pretrained
 from tl_helpers.segmentation import (PHOTOS, CompositeDataset, LiteEncoder, Segmenter, UNetDecoder,
                                      calibrate_batchnorm, cutouts_root, dice, downsampling_ends, encode,
                                      iou, load_cutouts, make_composites, soft_dice_loss, t_interval)
+from tl_helpers.surgery import set_bn_eval
 
 
 @pytest.fixture(scope="module")

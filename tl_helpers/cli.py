@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tl_helpers`` (each command's ``--help`` explains every option)."""
-    from tl_helpers.train import Recipe
+    from tl_helpers.recipe import Recipe
 
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(

@@ -1,6 +1,6 @@
 """Data parallelism with PyTorch's own engine: ``torch.distributed``, DistributedDataParallel, ``torchrun``.
 
-The course's recipe (:class:`tl_helpers.train.Recipe`) runs unchanged under ``torchrun``; only the launch
+The course's recipe (:class:`tl_helpers.recipe.Recipe`) runs unchanged under ``torchrun``; only the launch
 and a few lines around the loop change (chapter 12 lists them)::
 
     torchrun --standalone --nproc-per-node 2 -m tl_helpers.distributed --all-epochs 6
@@ -40,8 +40,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from tl_helpers.models import freeze, param_groups, set_bn_eval, unfreeze
-from tl_helpers.train import History, Recipe, evaluate_loader, one_cycle, save_checkpoint, train_one_epoch
+from tl_helpers.checkpoints import save_checkpoint
+from tl_helpers.recipe import Recipe, one_cycle
+from tl_helpers.surgery import freeze, param_groups, set_bn_eval, unfreeze
+from tl_helpers.train import History, evaluate_loader, train_one_epoch
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -497,7 +499,7 @@ def two_phase_ddp(model: nn.Module, train_set: Dataset, val_set: Dataset,
                   features: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
                   d: Dist, recipe: Recipe | None = None, global_batch: int = 32,
                   checkpoint: str | Path | None = None, progress: bool = True) -> tuple[History, History]:
-    """:func:`tl_helpers.train.two_phase` for several processes: the same recipe, the same steps.
+    """:func:`tl_helpers.recipe.two_phase` for several processes: the same recipe, the same steps.
 
     Phase 1 (a head on cached features) runs on rank 0 alone (``features`` is only needed there): it takes
     milliseconds, so splitting it would cost more in communication than it saves, and the features were
@@ -506,8 +508,8 @@ def two_phase_ddp(model: nn.Module, train_set: Dataset, val_set: Dataset,
     built on the plain model, and the model wrapped again (:func:`wrap`, whose constructor hands rank 0's
     head to every process). Returns (phase 1, phase 2) histories; phase 1's is empty except on rank 0.
     """
-    from tl_helpers.models import replace_head
-    from tl_helpers.train import fit_head_on_features
+    from tl_helpers.recipe import fit_head_on_features
+    from tl_helpers.surgery import replace_head
 
     recipe = recipe or Recipe()
     num_classes = len(getattr(train_set, "classes", [])) or None
@@ -531,7 +533,7 @@ def two_phase_ddp(model: nn.Module, train_set: Dataset, val_set: Dataset,
             continue
         plain = unwrap(model)
         freeze(plain)
-        unfreeze(plain, blocks=stages)
+        unfreeze(plain, last=stages)
         set_bn_eval(plain)
         groups = param_groups(plain, head_lr=recipe.finetune_head_lr, backbone_lr=recipe.backbone_lr,
                               decay=recipe.lr_decay, weight_decay=recipe.weight_decay)
@@ -584,7 +586,8 @@ def _recipe(args: argparse.Namespace) -> Recipe:
 def run(args: argparse.Namespace, d: Dist) -> dict:
     """Everything one process does for :func:`main`; returns rank 0's summary (other ranks: an empty dict)."""
     from tl_helpers.data import clipart_splits, eval_transform, extract_features, train_transform
-    from tl_helpers.models import load_pretrained, replace_head
+    from tl_helpers.models import load_pretrained
+    from tl_helpers.surgery import replace_head
 
     torch.set_num_threads(args.threads or threads_per_process(d.local_world_size))
     say = print if d.is_main else (lambda *a, **k: None)

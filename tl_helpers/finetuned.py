@@ -2,8 +2,8 @@
 
 ``finetune(folder)`` scans the folder (:mod:`tl_helpers.imagefolder`), splits it without a manifest
 (stratified, near-duplicates in one part), computes the frozen backbone's features, trains the head on
-them (phase 1), fine-tunes through the network (phase 2: :func:`tl_helpers.train.two_phase` with the
-course's :class:`tl_helpers.train.Recipe`) and tests the result once on the test part. It returns a
+them (phase 1), fine-tunes through the network (phase 2: :func:`tl_helpers.recipe.two_phase` with the
+course's :class:`tl_helpers.recipe.Recipe`) and tests the result once on the test part. It returns a
 :class:`FineTuned`: the model with its classes, preprocessing, recipe, histories and test report.
 ``save``/``load_finetuned`` keep all of that in one file, so a checkpoint says what it is.
 
@@ -31,13 +31,16 @@ from PIL import Image
 from torch import nn
 
 import tl_helpers
+from tl_helpers.checkpoints import save_checkpoint
 from tl_helpers.data import eval_transform, extract_features, make_loader, train_transform
 from tl_helpers.evaluate import bootstrap_ci, classification_report, confusion_matrix
 from tl_helpers.imagefolder import (DataError, Prediction, ScanReport, check_image, describe_split, read_images,
                                     scan_dataset, scan_image_folder, split_folder, top_predictions)
-from tl_helpers.models import OfflineWeightsError, load_pretrained, replace_head
+from tl_helpers.models import OfflineWeightsError, load_pretrained
+from tl_helpers.recipe import Recipe, two_phase
 from tl_helpers.runtime import get_device, seed_everything
-from tl_helpers.train import History, Recipe, save_checkpoint, two_phase
+from tl_helpers.surgery import replace_head
+from tl_helpers.train import History
 
 FORMAT = "tl_helpers.finetuned/1"
 
@@ -251,7 +254,7 @@ def load_finetuned(path: str | Path, architecture: str | None = None, classes: S
         keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path.name} is a PyTorch file without the description FineTuned.save() writes "
                               f"(it holds {keys}), e.g. a training checkpoint of fit(): load it with "
-                              "tl_helpers.train.load_checkpoint(path, model) into a model you build yourself.")
+                              "tl_helpers.checkpoints.load_checkpoint(path, model) into a model you build yourself.")
     held = f"{state['architecture']} with {len(state['classes'])} classes"
     if architecture is not None and architecture != state["architecture"]:
         raise CheckpointError(f"{path.name} holds an {held}, not a {architecture}: load it without "
@@ -307,9 +310,9 @@ def finetune(data, *, model: str = "efficientnet_lite0", image_size: int = 128, 
     or an ``ImageFolder``-like dataset. Unusable files are skipped (and counted). The good images are
     split by ``seed`` into ``val`` and ``test`` fractions (stratified, near-duplicates in one part;
     ``parts`` gives your own indices into the report's samples instead). Then, with the course's
-    :class:`~tl_helpers.train.Recipe` (``epochs`` changes only the number of phase-2 epochs, see
+    :class:`~tl_helpers.recipe.Recipe` (``epochs`` changes only the number of phase-2 epochs, see
     :func:`recipe_for`): features of the frozen backbone (cached, keyed by weights, preprocessing and
-    files), a head trained on them, then :func:`~tl_helpers.train.two_phase`; choices use the
+    files), a head trained on them, then :func:`~tl_helpers.recipe.two_phase`; choices use the
     validation part only, and the test part is predicted once at the end (``FineTuned.report``).
     """
     report = data if isinstance(data, ScanReport) else (

@@ -29,8 +29,9 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from tl_helpers.evaluate import expected_calibration_error, temperature_scale
-from tl_helpers.models import format_table, freeze, model_blocks, trainable_table, unfreeze
 from tl_helpers.plots import prediction_grid, reliability_diagram
+from tl_helpers.surgery import freeze, model_blocks, trainable_table, unfreeze
+from tl_helpers.train import format_table
 
 
 def _text_output(text: str) -> dict:
@@ -60,7 +61,7 @@ def unfreeze_summary(model: nn.Module, blocks: int) -> str:
     1           3          3       0
     total       9          3       6
     """
-    work = unfreeze(freeze(copy.deepcopy(model)), blocks=blocks) if blocks else freeze(copy.deepcopy(model))
+    work = unfreeze(freeze(copy.deepcopy(model)), last=blocks) if blocks else freeze(copy.deepcopy(model))
     return _summary(work, blocks)
 
 
@@ -77,7 +78,7 @@ def unfreeze_explorer(model: nn.Module, blocks: int = 2) -> widgets.VBox:
     """A slider "unfrozen blocks" (0 to all stages of :func:`model_blocks`) and the live trainable table.
 
     The model is copied once; the learner's model is never changed. The static equivalent is
-    ``print(unfreeze_summary(model, k))``, or ``freeze``, ``unfreeze(model, blocks=k)`` and
+    ``print(unfreeze_summary(model, k))``, or ``freeze``, ``unfreeze(model, last=k)`` and
     ``format_table(trainable_table(model))``. Returns the widget (a notebook cell displays it).
     """
     work = freeze(copy.deepcopy(model))
@@ -90,7 +91,7 @@ def unfreeze_explorer(model: nn.Module, blocks: int = 2) -> widgets.VBox:
         k = slider.value
         freeze(work)
         if k:
-            unfreeze(work, blocks=k)
+            unfreeze(work, last=k)
         out.outputs = (_text_output(_summary(work, k)),)
 
     slider.observe(update, names="value")

@@ -169,7 +169,8 @@ def _n(tensors) -> int:
 
 def _fresh_lite0(num_classes: int | None = None) -> nn.Module:
     """EfficientNet-Lite0's architecture with random weights (no file read), head optionally replaced."""
-    from tl_helpers.models import load_pretrained, replace_head
+    from tl_helpers.models import load_pretrained
+    from tl_helpers.surgery import replace_head
 
     model = load_pretrained("efficientnet_lite0", weights=False).model
     return replace_head(model, num_classes) if num_classes else model
@@ -478,7 +479,7 @@ def _trainable_names(model: nn.Module) -> set[str]:
 
 def _expected_last_stages(model: nn.Module, n: int) -> tuple[set[str], list[str]]:
     """Names of the parameters in the last ``n`` stages of model_blocks, and those stage names."""
-    from tl_helpers.models import model_blocks
+    from tl_helpers.surgery import model_blocks
 
     stages = model_blocks(model)
     keep = stages[len(stages) - n:] if n else []
@@ -509,13 +510,13 @@ def _compare_trainable(model: nn.Module, expected: set[str], what: str, hint: st
 def check_head_only_trainable(model: nn.Module) -> str:
     """Is exactly the classification head of ``model`` trainable, and everything else frozen?
 
-    >>> from tl_helpers.models import freeze
+    >>> from tl_helpers.surgery import freeze
     >>> model = _fresh_lite0(5)
     >>> _ = freeze(model, modules="_blocks"); _ = freeze(model, modules=["_conv_stem", "_bn0", "_conv_head", "_bn1"])
     >>> ok = check_head_only_trainable(model)
     ✅ Correct: only the head is trainable: 6,405 of 3,377,413 parameters.
     """
-    from tl_helpers.models import get_head
+    from tl_helpers.surgery import get_head
 
     model = _as_model(model, "pass the model itself")
     with _learner_code():
@@ -532,9 +533,9 @@ def check_head_only_trainable(model: nn.Module) -> str:
 def check_last_blocks_trainable(model: nn.Module, n: int = 2) -> str:
     """Are exactly the last ``n`` stages of ``model_blocks(model)`` trainable, and the others frozen?
 
-    >>> from tl_helpers.models import freeze, model_blocks
+    >>> from tl_helpers.surgery import freeze, model_blocks
     >>> model = _fresh_lite0(5)
-    >>> _ = freeze(model, blocks=len(model_blocks(model)) - 2)
+    >>> _ = freeze(model, first=len(model_blocks(model)) - 2)
     >>> ok = check_last_blocks_trainable(model, n=2)
     ✅ Correct: head_conv and classifier are trainable, 418,565 of 3,377,413 parameters (12.4%).
     """
@@ -632,7 +633,7 @@ def check_new_head(model: nn.Module, num_classes: int = 5, dropout: float = 0.2)
     >>> ok = check_new_head(model)
     ✅ Correct: logits of shape (2, 5), dropout 0.2 before the new Linear(1280, 5).
     """
-    from tl_helpers.models import get_head
+    from tl_helpers.surgery import get_head
 
     model = _as_model(model, "pass the model itself")
     with _learner_code():
@@ -720,11 +721,11 @@ def check_unfreeze_top(fn: Callable) -> str:
 
     Tested on a frozen EfficientNet-Lite0 (random weights, 8-class head) for k = 0, 1, 3 and 5.
 
-    >>> from tl_helpers.models import freeze, unfreeze
-    >>> ok = check_unfreeze_top(lambda model, k: unfreeze(model, blocks=k))
+    >>> from tl_helpers.surgery import freeze, unfreeze
+    >>> ok = check_unfreeze_top(lambda model, k: unfreeze(model, last=k))
     ✅ Correct: unfreeze_top(model, k) trains exactly the top k blocks for k = 0, 1, 3, 5.
     """
-    from tl_helpers.models import freeze, model_blocks
+    from tl_helpers.surgery import freeze, model_blocks
 
     if not callable(fn):
         raise _type_error(fn, "a function unfreeze_top(model, k)", "define def unfreeze_top(model, k): ...")
@@ -753,12 +754,12 @@ def _group_lr(group: dict) -> float:
 def check_param_groups(optimizer, model: nn.Module, head_lr: float = 1e-3, backbone_lr: float = 1e-4) -> str:
     """Does ``optimizer`` train the head at ``head_lr`` and the rest of the trainable model at ``backbone_lr``?
 
-    >>> from tl_helpers.models import param_groups
+    >>> from tl_helpers.surgery import param_groups
     >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> ok = check_param_groups(torch.optim.AdamW(param_groups(net, 1e-3, 1e-4)), net)
     ✅ Correct: head at 0.001, backbone at 0.0001 (10x slower), every trainable tensor in one group.
     """
-    from tl_helpers.models import get_head
+    from tl_helpers.surgery import get_head
 
     hint = (f"two groups: torch.optim.AdamW([{{'params': head_params, 'lr': {head_lr:g}}}, "
             f"{{'params': backbone_params, 'lr': {backbone_lr:g}}}])")
@@ -809,7 +810,7 @@ def check_lr_choice(answer, lrs: Sequence[float], losses: Sequence[float]) -> st
     >>> ok = check_lr_choice(1.0, lrs, losses)  # doctest: +ELLIPSIS
     ❌ Not yet: ...
     """
-    from tl_helpers.train import suggest_lr
+    from tl_helpers.lr_finder import suggest_lr
 
     lr = _as_number(answer, "a learning rate (a positive number)", "e.g. 3e-4")
     lrs, losses = [float(v) for v in lrs], [float(v) for v in losses]

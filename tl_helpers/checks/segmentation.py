@@ -87,18 +87,19 @@ def check_iou_per_image(fn: Callable) -> str:
 @_checker("pass the segmenter and its optimizer: check_finetune_setup(net, optimizer).")
 def check_finetune_setup(net: nn.Module, optimizer, encoder_lr: float = 3e-4, decoder_lr: float = 1e-3) -> str:
     """Is ``net`` (a Segmenter) ready to fine-tune: every parameter trainable, the *encoder's* BatchNorm
-    kept in eval mode by :func:`tl_helpers.models.train_mode`, the decoder's BatchNorm learning, and
+    kept in eval mode by :func:`tl_helpers.surgery.train_mode`, the decoder's BatchNorm learning, and
     ``optimizer`` training the encoder at ``encoder_lr`` and the decoder at ``decoder_lr``?
 
-    >>> from tl_helpers.models import load_pretrained, set_bn_eval
+    >>> from tl_helpers.models import load_pretrained
     >>> from tl_helpers.segmentation import LiteEncoder, Segmenter, UNetDecoder
+    >>> from tl_helpers.surgery import set_bn_eval
     >>> net = Segmenter(LiteEncoder(load_pretrained(weights=False).model), UNetDecoder([24, 40, 112, 320], (16, 24, 32)))
     >>> opt = torch.optim.AdamW([{"params": net.encoder.parameters(), "lr": 3e-4},
     ...                          {"params": net.decoder.parameters(), "lr": 1e-3}])
     >>> ok = check_finetune_setup(set_bn_eval(net.encoder) and net, opt)
     ✅ Correct: all 3,033,217 parameters train, the encoder at 0.0003 and the decoder at 0.001; train_mode(net) keeps the encoder's 48 BatchNorm layers in eval mode and lets the decoder's 3 learn.
     """
-    from tl_helpers.models import train_mode
+    from tl_helpers.surgery import train_mode
 
     if not isinstance(net, nn.Module) or not hasattr(net, "encoder") or not hasattr(net, "decoder"):
         raise _type_error(net, "the Segmenter (with .encoder and .decoder)", "pass net, the Segmenter you built")

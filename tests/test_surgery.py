@@ -1,4 +1,4 @@
-"""Fine-tuning tools of tl_helpers.models: stages, freezing with BatchNorm, heads, parameter groups."""
+"""Model surgery (tl_helpers.surgery): stages, freezing with BatchNorm, heads, parameter groups."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from tl_helpers.models import (count_parameters, format_table, freeze, get_head, load_pretrained, make_head,
-                               model_blocks, param_groups, replace_head, set_bn_eval, train_mode,
-                               trainable_table, unfreeze)
+from tl_helpers.models import count_parameters, load_pretrained
+from tl_helpers.surgery import (freeze, get_head, make_head, model_blocks, param_groups, replace_head, set_bn_eval,
+                                train_mode, trainable_table, unfreeze)
+from tl_helpers.train import format_table
 
 
 def tiny_net() -> nn.Sequential:
@@ -68,7 +69,7 @@ def test_unknown_model_raises_a_helpful_error():
 
 def test_freeze_marks_batchnorm_and_train_mode_keeps_it_in_eval():
     net = tiny_net()
-    freeze(net, blocks=2)
+    freeze(net, first=2)
     assert not net[0].weight.requires_grad and not net[1].weight.requires_grad
     assert net[4].weight.requires_grad
     net.train()  # the pitfall: plain train() switches the frozen BatchNorm back to training mode
@@ -91,22 +92,34 @@ def test_bn_eval_false_shows_the_pitfall():
     assert not torch.equal(net[1].running_mean, before)
 
 
-def test_freeze_by_module_name_and_index_list():
+def test_freeze_by_module_name_and_module_list():
     net = freeze(tiny_net(), modules="4")
     assert not net[4].weight.requires_grad and net[0].weight.requires_grad
-    net = freeze(tiny_net(), blocks=[0, 4])
+    net = tiny_net()
+    freeze(net, modules=[net[0], "4"])
     assert not net[0].weight.requires_grad and net[1].weight.requires_grad and not net[4].weight.requires_grad
+
+
+def test_first_and_last_count_stages_from_the_input_and_from_the_head():
+    net = freeze(tiny_net(), last=1)          # the head only
+    assert not net[4].weight.requires_grad and net[0].weight.requires_grad
+    net = unfreeze(freeze(tiny_net()), first=2)   # the two stages nearest the input
+    assert net[0].weight.requires_grad and net[1].weight.requires_grad and not net[4].weight.requires_grad
+    with pytest.raises(ValueError, match="give one of them"):
+        freeze(tiny_net(), first=1, last=1)
+    with pytest.raises(TypeError, match="first=k"):
+        freeze(tiny_net(), 2)   # a bare number is ambiguous: first= or last= must say which end
 
 
 def test_unfreeze_top_k_and_marks_removed():
     net = freeze(tiny_net())
-    unfreeze(net, blocks=4)  # stages 1..4: BatchNorm, ReLU, Flatten, Linear
+    unfreeze(net, last=4)  # stages 1..4: BatchNorm, ReLU, Flatten, Linear
     assert not net[0].weight.requires_grad
     assert net[1].weight.requires_grad and net[4].weight.requires_grad
     assert not hasattr(net[1], "_tl_frozen")
     assert train_mode(net)[1].training
-    with pytest.raises(ValueError, match="stages"):
-        unfreeze(net, blocks=99)
+    with pytest.raises(ValueError, match="last=99, but the model has 5 stages"):
+        unfreeze(net, last=99)
 
 
 def test_set_bn_eval_survives_train_mode_and_keeps_parameters_trainable():
@@ -119,7 +132,7 @@ def test_param_groups_head_lr_and_no_frozen_parameters():
     model = load_pretrained("efficientnet_lite0", weights=False).model
     replace_head(model, 8)
     freeze(model)
-    unfreeze(model, blocks=3)
+    unfreeze(model, last=3)
     groups = param_groups(model, head_lr=1e-3, backbone_lr=1e-4, decay=0.5, weight_decay=0.01)
     assert groups[0]["name"] == "head" and groups[0]["lr"] == 1e-3
     head = {id(p) for g in groups[:2] for p in g["params"]}
@@ -137,7 +150,7 @@ def test_param_groups_head_lr_and_no_frozen_parameters():
 
 
 def test_param_groups_without_decay_is_head_and_backbone():
-    net = unfreeze(freeze(tiny_net()), blocks=4)
+    net = unfreeze(freeze(tiny_net()), last=4)
     groups = param_groups(net, 1e-2, 1e-3)
     assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-2), ("backbone", 1e-3)]
 
@@ -150,7 +163,7 @@ def test_make_head_variants():
 
 
 def test_trainable_table_and_format_table_are_stable():
-    rows = trainable_table(freeze(tiny_net(), blocks=2))
+    rows = trainable_table(freeze(tiny_net(), first=2))
     assert rows[0] == {"name": "0", "params": 112, "trainable": 0, "frozen": 112}
     assert format_table(rows) == (
         "name   params  trainable  frozen\n"
