@@ -284,7 +284,7 @@ def one_phase(data: BenchData, epochs: int = 8, head_lr: float = 1e-3, backbone_
 
 
 # ------------------------------------------------------------------------------------------------
-# THE COURSE'S RECIPE: the hook the lead wires to tl_helpers.recipe.two_phase
+# THE COURSE'S RECIPE: tl_helpers.recipe.two_phase
 # ------------------------------------------------------------------------------------------------
 
 def two_phase_recipe(data: BenchData, **settings) -> nn.Module:
@@ -293,21 +293,15 @@ def two_phase_recipe(data: BenchData, **settings) -> nn.Module:
     Source: this course, tl_helpers/recipe.py (``Recipe``'s docstring and fields list every setting;
     ``settings`` override its fields, e.g. ``all_epochs=6``). Phase 1 on pooled features of the
     training images at the eval transform (computed here, no disk cache, so their time counts).
-    Raises NotImplementedError while ``tl_helpers.recipe.two_phase`` does not exist; the harness then
-    skips it.
     """
-    from tl_helpers import recipe as tl_recipe
+    from tl_helpers.recipe import Recipe, two_phase
 
-    two_phase = getattr(tl_recipe, "two_phase", None)
-    if two_phase is None:
-        raise NotImplementedError("waiting for tl_helpers.recipe.two_phase")
-    # ---- LEAD: the call below follows two_phase's signature of 2026-11-23; adapt it here if it changes.
     model = _lite0(data)
     head, model._fc = model._fc, nn.Identity()
     feats = [extract_features(model, part, cache=False, batch_size=data.batch_size, device=data.device,
                               progress=False) for part in (data.train_eval, data.val)]
     model._fc = head
-    recipe = tl_recipe.Recipe(**settings)
+    recipe = Recipe(**settings)
     two_phase(model, data.train_loader(), data.eval_loader("val"), (*feats[0], *feats[1]), recipe=recipe,
               device=data.device, progress=False)
     return model
@@ -317,10 +311,9 @@ def _two_phase_defaults() -> dict:
     """The course recipe's settings (``Recipe``'s fields), so that changing them invalidates the cache."""
     from dataclasses import asdict
 
-    from tl_helpers import recipe as tl_recipe
+    from tl_helpers.recipe import Recipe
 
-    recipe = getattr(tl_recipe, "Recipe", None)
-    return asdict(recipe()) if recipe is not None else {}
+    return asdict(Recipe())
 
 
 two_phase_recipe.default_settings = _two_phase_defaults

@@ -59,6 +59,7 @@ from benchmarks.recipes import (BATCH_SIZE, BEST_CANDIDATES, CANDIDATES, CODE_VE
                                 best_overrides, correct_of, make_data, recipe_image_size)  # noqa: E402
 from tl_helpers.benchmark_results import comparison_table, paired_rows, stale_note, update_readme  # noqa: E402
 from tl_helpers.data import dataset_fingerprint  # noqa: E402
+from tl_helpers.files import atomic_write  # noqa: E402
 from tl_helpers.runtime import seed_everything  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -87,13 +88,6 @@ def machine() -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,7 +155,7 @@ def run_cell(recipe: str, split: int, cache: Path, force: bool = False, data_kwa
     cell = {"recipe": recipe, "split": split, "acc": acc, "val_acc": val_acc, "seconds": seconds,
             "n_test": len(data.test), "correct": correct_of(model, data),
             "info": info, "config": config, "torch": torch.__version__, "machine": machine(), "date": _now()}
-    _atomic_write(path, json.dumps(cell, indent=1, default=str))
+    atomic_write(path, json.dumps(cell, indent=1, default=str))
     log(f"  {recipe:17s} {tag or ''} split {split}: val {val_acc:5.1f} %  {seconds:6.1f} s")
     return cell
 
@@ -220,8 +214,8 @@ def write_results(out_dir: Path, complete: dict, incomplete: dict, measurements:
     results.update({"dataset": dataset_fingerprint(), "splits": list(range(n_splits)), "image_size": image_size, "batch_size": batch_size,
                     "backbone": "efficientnet_lite0", "machine": machine_line or machine(),
                     "command": command, "date": _now(), "torch": torch.__version__})
-    _atomic_write(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
-    _atomic_write(out_dir / "results.md", results_markdown(results))
+    atomic_write(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write(out_dir / "results.md", results_markdown(results))
     return results
 
 
@@ -469,7 +463,7 @@ def measurements(cache: Path, redo: bool, quick: bool, log: Callable[[str], None
         f"{lo['fixed_overhead_per_step_us']:.0f} us/step = {lo['fixed_overhead_fraction']:.5f} of a step)")
     out |= lo
     out["machine"], out["date"] = machine(), _now()
-    _atomic_write(path, json.dumps(out, indent=1))
+    atomic_write(path, json.dumps(out, indent=1))
     return out
 
 
@@ -566,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.readme:
         readme = HERE.parent / "README.md"
-        _atomic_write(readme, update_readme(readme.read_text(), json.loads((HERE / "results.json").read_text())))
+        atomic_write(readme, update_readme(readme.read_text(), json.loads((HERE / "results.json").read_text())))
         print(f"updated {readme}")
         return 0
     if args.select or args.lr_sweep or args.select_best:
@@ -574,17 +568,17 @@ def main(argv: list[str] | None = None) -> int:
         log = lambda s: print(s, flush=True)  # noqa: E731
         if args.select:
             chosen = select_recipe(args.cache, CANDIDATES, force=args.force, log=log)
-            _atomic_write(HERE / "selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
+            atomic_write(HERE / "selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
                                                                          "torch": torch.__version__}, indent=1) + "\n")
             log(json.dumps(chosen, indent=1))
         if args.select_best:
             chosen = select_best(args.cache, force=args.force, log=log)
-            _atomic_write(HERE / "best_selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
+            atomic_write(HERE / "best_selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
                                                                               "torch": torch.__version__}, indent=1) + "\n")
             log(json.dumps(chosen, indent=1))
         if args.lr_sweep:
             sweep = lr_sweep(args.cache, n_splits=args.splits, force=args.force, log=log)
-            _atomic_write(HERE / "lr_sweep.json", json.dumps(sweep | {"date": _now(), "machine": machine(),
+            atomic_write(HERE / "lr_sweep.json", json.dumps(sweep | {"date": _now(), "machine": machine(),
                                                                        "torch": torch.__version__}, indent=1) + "\n")
             log(json.dumps(sweep, indent=1))
         return 0

@@ -39,6 +39,8 @@ def fit_head_on_features(X_train: torch.Tensor, y_train: torch.Tensor, X_val: to
     shuffled with ``seed``; ``head`` defaults to ``nn.Linear(features, num_classes)``. The global
     random state is left untouched. Returns the head (in eval mode, on the CPU) and a History with
     ``phase="head"``. Put the head on the model afterwards, e.g. ``replace_head(model, None, head)``.
+    ``val_loss`` is the training loss (with ``label_smoothing``) on the validation features, as ``fit``
+    computes it, so the two phases' validation losses can share one curve.
     """
     X_train, y_train = X_train.float().cpu(), y_train.long().cpu()
     has_val = X_val is not None and y_val is not None
@@ -50,7 +52,7 @@ def fit_head_on_features(X_train: torch.Tensor, y_train: torch.Tensor, X_val: to
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        eval_loss = nn.CrossEntropyLoss()
+        eval_loss = loss_fn   # the validation loss is the training loss, as in fit(): one curve across phases
         history = History()
         n = len(X_train)
         step = batch_size or n

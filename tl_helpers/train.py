@@ -84,9 +84,19 @@ class History:
         return cls([dict(r) for r in data["rows"]])
 
     def table(self, digits: int = 3) -> str:
-        """The history as a fixed-width text table (seconds left out, so the text is stable)."""
-        rows = [{k: (round(v, digits) if isinstance(v, float) else v) for k, v in r.items() if k != "seconds"}
-                for r in self.rows]
+        """The history as a fixed-width text table (seconds left out, so the text is stable). Learning rates
+        are printed in scientific notation: a one-cycle rate of 8e-6 rounded to 3 digits would read 0.
+
+        >>> print(History([{"epoch": 1, "val_acc": 0.6711, "lr": 8e-06}]).table())
+        epoch  val_acc       lr
+            1    0.671  8.0e-06
+        """
+        def cell(k, v):
+            if k == "lr" and isinstance(v, float):
+                return f"{v:.1e}"
+            return round(v, digits) if isinstance(v, float) else v
+
+        rows = [{k: cell(k, v) for k, v in r.items() if k != "seconds"} for r in self.rows]
         return format_table(rows, total=False)
 
 
