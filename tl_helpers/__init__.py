@@ -5,8 +5,14 @@ One module per idea, each importable on its own:
 - ``tl_helpers.runtime``: device, seeding, the cache folder
 - ``tl_helpers.data``: the Clipart dataset, splits, transforms, loaders, cached features
 - ``tl_helpers.groups``: near-duplicate groups and splits that keep each group in one part
-- ``tl_helpers.models``: loading pretrained models offline; freezing, heads, parameter groups
-- ``tl_helpers.train``: the training loop (``fit``), phase 1 on cached features, checkpoints, LR range test
+- ``tl_helpers.models``: loading pretrained models offline
+- ``tl_helpers.surgery``: stages, freezing, heads, parameter groups
+- ``tl_helpers.train``: the training loop (``fit``) and its ``History``
+- ``tl_helpers.checkpoints``: checkpoints that know their settings, resume
+- ``tl_helpers.lr_finder``: the learning-rate range test
+- ``tl_helpers.recipe``: the course's recipe (``Recipe``, phase 1 on cached features, ``two_phase``)
+- ``tl_helpers.learning_curve``: the labels-per-class protocol (draws, intervals, paired gaps)
+- ``tl_helpers.paired_tests``: two models on the same test images (McNemar's test, paired bootstrap)
 - ``tl_helpers.evaluate``: predictions and metrics (accuracy, calibration, confidence intervals)
 - ``tl_helpers.plots``: figures (matplotlib)
 - ``tl_helpers.checks``: instant feedback on the exercises
@@ -22,6 +28,7 @@ One module per idea, each importable on its own:
 - ``tl_helpers.text``: the offline MiniLM text encoder, the WordNet text set, tokenised loaders
 - ``tl_helpers.segmentation``: multi-scale encoder maps, a U-Net decoder, Dice and IoU
 - ``tl_helpers.distributed``: the recipe under torchrun and DDP
+- ``tl_helpers.files``: atomic writes (checkpoints, caches, results)
 
 Every helper is shown as plain PyTorch in a chapter before it is used.
 """
