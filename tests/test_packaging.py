@@ -98,3 +98,12 @@ def test_lab_never_asks_for_news_offline():
     assert notification == {"fetchNews": "false", "checkForUpdates": False}
     makefile = (ROOT / "Makefile").read_text()
     assert "cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json" in makefile
+
+
+def test_notebooks_name_the_kernel_that_make_lab_registers():
+    """A learner opening a chapter from another Jupyter gets the course's environment, not a bare python3."""
+    kernel = re.search(r"^KERNEL := (\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        spec = json.loads(path.read_text())["metadata"]["kernelspec"]
+        assert spec["name"] == kernel, f"{path.name} names kernel {spec['name']!r}, make lab registers {kernel!r}"
+        assert spec["display_name"] == "Python (transfer-learning course)", path.name
