@@ -157,3 +157,13 @@ def test_selection_never_reads_a_reporting_split():
 def test_cli_rejects_unknown_recipe():
     with pytest.raises(SystemExit):
         run.main(["--recipes", "nope", "--no-measure"])
+
+
+def test_best_entry_is_the_candidate_chosen_on_validation():
+    """`best` runs the candidate that --select-best ranked first on validation parts of selection splits only."""
+    from benchmarks.recipes import BEST, BEST_CANDIDATES, SELECTION_SPLITS
+
+    selection = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "best_selection.json").read_text())
+    assert selection["chosen"] == BEST and set(selection["candidates"]) <= set(BEST_CANDIDATES)
+    assert set(selection["splits"]) <= set(SELECTION_SPLITS), "choices never look at the reporting splits 0-4"
+    assert all("val_mean" in c and "test" not in json.dumps(c) for c in selection["candidates"].values())
