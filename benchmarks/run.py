@@ -239,6 +239,8 @@ def results_markdown(results: dict) -> str:
     rows.sort(key=lambda r: -(r[1]["mean"] or 0))
     for name, e, note in rows:
         label = f"**{name}** (the course)" if name == COURSE_RECIPE else name
+        if name == "best":
+            label += f" ({recipe_image_size(name)} px, flip test-time augmentation)"
         per = " / ".join(f"{a:.1f}" for a in e["splits"])
         lines.append(f"| {label}{note} | {e['mean']:.1f} | {e['std']:.1f} | {e['seconds']:.0f} | {per} |")
     lines.append("")
