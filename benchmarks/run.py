@@ -54,7 +54,7 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.recipes import (BATCH_SIZE, BEST_CANDIDATES, CANDIDATES, CODE_VERSION, COURSE_RECIPE, IMAGE_SIZE, LR_SWEEP,
+from benchmarks.recipes import (BATCH_SIZE, BEST, BEST_CANDIDATES, BEST_DESCRIPTIONS, CANDIDATES, CODE_VERSION, COURSE_RECIPE, IMAGE_SIZE, LR_SWEEP,
                                 RECIPES, SELECTION_SPLITS, SMOKE, BenchData, _two_phase_defaults, accuracy_of,
                                 best_overrides, correct_of, make_data, recipe_image_size)  # noqa: E402
 from tl_helpers.benchmark_results import comparison_table, paired_rows, stale_note, update_readme  # noqa: E402
@@ -94,14 +94,15 @@ def _now() -> str:
 # Cells: one recipe on one split
 # ------------------------------------------------------------------------------------------------
 
-def recipe_settings(fn: Callable, overrides: dict | None = None) -> dict:
-    """The settings a recipe runs with: its keyword defaults, updated by ``overrides`` (JSON-able)."""
+def recipe_settings(fn: Callable, overrides: dict | None = None, defaults: dict | None = None) -> dict:
+    """The settings a recipe runs with: its keyword defaults and ``fn.default_settings()`` (or ``defaults``
+    instead, when given), updated by ``overrides`` (JSON-able)."""
     params = inspect.signature(fn).parameters
     settings = {k: p.default for k, p in params.items()
                 if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
-    defaults = getattr(fn, "default_settings", None)  # recipes configured by an object (the course's Recipe)
-    if defaults is not None:
-        settings.update(defaults())
+    if defaults is None:  # recipes configured by an object (the course's Recipe) or a chosen candidate
+        defaults = fn.default_settings() if hasattr(fn, "default_settings") else {}
+    settings.update(defaults)
     settings.update(overrides or {})
     return json.loads(json.dumps(settings, default=str))
 
@@ -111,13 +112,14 @@ def cell_path(cache: Path, recipe: str, split: int, tag: str | None = None) -> P
     return cache / DATASET / (f"{recipe}@{tag}" if tag else recipe) / f"split{split}.json"
 
 
-def cell_config(recipe: str, split: int, data_kwargs: dict, overrides: dict | None = None) -> dict:
+def cell_config(recipe: str, split: int, data_kwargs: dict, overrides: dict | None = None,
+                defaults: dict | None = None) -> dict:
     data_kwargs = {"image_size": recipe_image_size(recipe)} | data_kwargs
     return {"recipe": recipe, "split": split, "dataset": dataset_fingerprint(), "code_version": CODE_VERSION,
             "image_size": data_kwargs.get("image_size", IMAGE_SIZE),
             "batch_size": data_kwargs.get("batch_size", BATCH_SIZE), "limit": data_kwargs.get("limit"),
             "max_batches": data_kwargs.get("max_batches"),
-            "settings": recipe_settings(RECIPES[recipe], overrides)}
+            "settings": recipe_settings(RECIPES[recipe], overrides, defaults)}
 
 
 def load_cell(path: Path, config: dict) -> dict | None:
@@ -130,13 +132,17 @@ def load_cell(path: Path, config: dict) -> dict | None:
 
 
 def run_cell(recipe: str, split: int, cache: Path, force: bool = False, data_kwargs: dict | None = None,
-             overrides: dict | None = None, log: Callable[[str], None] = print, tag: str | None = None) -> dict:
+             overrides: dict | None = None, log: Callable[[str], None] = print, tag: str | None = None,
+             defaults: dict | None = None) -> dict:
     """Run ``recipe`` on split ``split`` (or read its cached result) and return the cell dict.
+
+    ``defaults`` replaces the recipe's ``default_settings()`` in the cell's key (a `best` candidate is a
+    whole set of settings, not an override of the chosen one's).
 
     Raises NotImplementedError when the recipe is not written yet (the course's hook).
     """
     data_kwargs = dict(data_kwargs or {})
-    config = cell_config(recipe, split, data_kwargs, overrides)
+    config = cell_config(recipe, split, data_kwargs, overrides, defaults)
     path = cell_path(cache, recipe, split, tag)
     if not force:
         cached = load_cell(path, config)
@@ -207,6 +213,9 @@ def write_results(out_dir: Path, complete: dict, incomplete: dict, measurements:
         results["incomplete"] = incomplete
     if COURSE_RECIPE in complete:
         results["paired"] = paired_rows(results)
+    if "best" in complete or "best" in incomplete:
+        results["best_entry"] = {"candidate": BEST, "description": BEST_DESCRIPTIONS[BEST],
+                                 "image_size": recipe_image_size("best"), "settings": best_overrides(BEST)}
     results["phase1_speedup"] = measurements.get("phase1_speedup")
     results["loop_overhead"] = measurements.get("loop_overhead")
     if measurements:
@@ -239,8 +248,8 @@ def results_markdown(results: dict) -> str:
     rows.sort(key=lambda r: -(r[1]["mean"] or 0))
     for name, e, note in rows:
         label = f"**{name}** (the course)" if name == COURSE_RECIPE else name
-        if name == "best":
-            label += f" ({recipe_image_size(name)} px, flip test-time augmentation)"
+        if name == "best" and results.get("best_entry"):
+            label += f" ({results['best_entry']['description']})"
         per = " / ".join(f"{a:.1f}" for a in e["splits"])
         lines.append(f"| {label}{note} | {e['mean']:.1f} | {e['std']:.1f} | {e['seconds']:.0f} | {per} |")
     lines.append("")
@@ -502,14 +511,14 @@ def select_best(cache: Path, candidates: dict[str, dict] = BEST_CANDIDATES, spli
         log(f"best candidate {name} {cand}:")
         overrides = _two_phase_defaults() | best_overrides(name)
         cells = [run_cell("best", k, cache, force, {"image_size": cand["image_size"]}, overrides, log,
-                          tag=f"select-{name}") for k in splits]
+                          tag=f"select-{name}", defaults={}) for k in splits]
         vals = [c["val_acc"] for c in cells]
         summary[name] = {"candidate": cand, "val_splits": [round(v, 2) for v in vals],
                          "val_mean": round(statistics.fmean(vals), 2),
                          "seconds_mean": round(statistics.fmean(c["seconds"] for c in cells), 1)}
     within = [n for n in summary if summary[n]["seconds_mean"] < 120] or list(summary)
     chosen = max(within, key=lambda n: summary[n]["val_mean"])
-    return {"splits": list(splits), "metric": "validation accuracy (%), flip test-time augmentation",
+    return {"splits": list(splits), "metric": "validation accuracy (%), the candidate's own test-time augmentation",
             "time_limit_s": 120, "candidates": summary, "chosen": chosen}
 
 

@@ -161,9 +161,46 @@ def test_cli_rejects_unknown_recipe():
 
 def test_best_entry_is_the_candidate_chosen_on_validation():
     """`best` runs the candidate that --select-best ranked first on validation parts of selection splits only."""
-    from benchmarks.recipes import BEST, BEST_CANDIDATES, SELECTION_SPLITS
+    from benchmarks.recipes import BEST, BEST_CANDIDATES, BEST_DESCRIPTIONS, SELECTION_SPLITS
 
     selection = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "best_selection.json").read_text())
     assert selection["chosen"] == BEST and set(selection["candidates"]) <= set(BEST_CANDIDATES)
     assert set(selection["splits"]) <= set(SELECTION_SPLITS), "choices never look at the reporting splits 0-4"
     assert all("val_mean" in c and "test" not in json.dumps(c) for c in selection["candidates"].values())
+    assert set(BEST_DESCRIPTIONS) == set(BEST_CANDIDATES), "every candidate says in words what it is"
+
+
+@pytest.mark.parametrize("candidate", ["probe3_192_C0.1", "probe3_192+two_phase_128"])
+def test_best_candidates_build_their_members(candidate, tiny):
+    """Every kind of `best` candidate runs: a three-backbone probe alone, or averaged with a fine-tuned Lite0
+    trained at a smaller size (its member resizes its input)."""
+    from benchmarks.recipes import (ConcatFeatures, ProbabilityMean, Resized, _two_phase_defaults, best,
+                                    best_overrides)
+
+    settings = _two_phase_defaults() | best_overrides(candidate) | {"head_epochs": 1, "top_epochs": 1,
+                                                                     "all_epochs": 1}
+    if "finetune_size" in settings:
+        settings["finetune_size"] = 32  # smaller than the tiny data's 64 px, as 128 is smaller than 192
+    torch.manual_seed(0)
+    model = best(tiny, **settings)
+    members = list(model.members) if isinstance(model, ProbabilityMean) else [model]
+    assert len(members) == (2 if "two_phase" in candidate else 1)
+    probe = members[-1]
+    assert isinstance(probe[0], ConcatFeatures) and len(probe[0].backbones) == 3
+    assert probe[1].in_features == 1280 * 3  # Lite0, Lite1 and Lite2 all pool 1280 numbers
+    if len(members) == 2:
+        assert isinstance(members[0], Resized) and members[0].size == 32
+    out = model.eval()(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 8) and torch.isfinite(out).all()
+    if len(members) == 2:  # the ensemble returns log-probabilities
+        assert torch.allclose(out.exp().sum(1), torch.ones(2), atol=1e-4)
+
+
+def test_at_size_keeps_the_split(tiny):
+    """The fine-tuned member of an ensemble trains on the same images as the rest, only resized."""
+    from benchmarks.recipes import at_size
+
+    small = at_size(tiny, 32)
+    assert small.train[0][0].shape == (3, 32, 32) and tiny.train[0][0].shape == (3, 64, 64)
+    assert [y for _, y in small.val] == [y for _, y in tiny.val]
+    assert small.test.indices == tiny.test.indices and small.seed == tiny.seed

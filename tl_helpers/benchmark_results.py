@@ -104,8 +104,20 @@ LABELS = {
     "pytorch_tutorial": "PyTorch transfer-learning tutorial",
     "scratch_resnet18": "ResNet-18 from random weights",
     "scratch": "the same network (Lite0) from random weights",
-    "best": "best found in 2 min a split: the course's recipe at 160 px, flip TTA",
+    "best": "best found in 2 min a split",
 }
+
+
+def recipe_label(name: str, results: dict) -> str:
+    """How tables name a recipe: ``LABELS``, and for ``best`` what the chosen candidate is (from the JSON).
+
+    >>> recipe_label("best", {"best_entry": {"description": "a probe"}})
+    'best found in 2 min a split: a probe'
+    """
+    label = LABELS.get(name, name)
+    if name == "best" and results.get("best_entry"):
+        label += f": {results['best_entry']['description']}"
+    return label
 README_BEGIN = "<!-- bench:begin (generated from benchmarks/results.json by `python -m benchmarks.run --readme`) -->"
 README_END = "<!-- bench:end -->"
 
@@ -121,7 +133,7 @@ def readme_block(results: dict) -> str:
         lines += [f"**Note.** {note}", ""]
     lines += ["| recipe | test accuracy, mean ± std over the splits |", "|---|---|"]
     for name, entry in sorted(table.items(), key=lambda kv: -kv[1]["mean"]):
-        lines.append(f"| {LABELS.get(name, name)} | {entry['mean']:.1f} ± {entry['std']:.1f} % |")
+        lines.append(f"| {recipe_label(name, results)} | {entry['mean']:.1f} ± {entry['std']:.1f} % |")
     rows = paired_rows(results, course)
     words = {v: [r["name"] for r in rows if r["verdict"] == v] for v in ("ahead", "tie", "behind")}
     summary = "; ".join(f"{v} of {', '.join(names)}" if v != "tie" else f"ties with {', '.join(names)}"
