@@ -42,10 +42,11 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from scipy import stats  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tl_helpers.arrays import DEBIAN_FASHION_MNIST, fashion_mnist, mnist_digits, per_class_indices, to_tensors  # noqa: E402
+from tl_helpers.evaluate import mean_interval  # noqa: E402
+from tl_helpers.evaluate import verdict as evaluate_verdict  # noqa: E402
 from tl_helpers.runtime import seed_everything  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -117,14 +118,13 @@ def pretrain_source(s: dict, epochs: int) -> tuple[nn.Module, float]:
 
 
 def t_interval(values) -> tuple[float, float, float]:
-    """(mean, low, high), 95 % t-interval with n - 1 degrees of freedom."""
-    v = np.asarray(values, dtype=float)
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.inf
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+    """(mean, low, high), 95 % t-interval with n - 1 degrees of freedom (``tl_helpers.evaluate.mean_interval``)."""
+    return mean_interval(values)
 
 
 def verdict(interval) -> str:
-    return "ahead" if interval[1] > 0 else "behind" if interval[2] < 0 else "tie"
+    """The course's one rule for words (``tl_helpers.evaluate.verdict``) applied to (mean, low, high)."""
+    return evaluate_verdict(interval[1], interval[2])
 
 
 def shipped_subset(source: nn.Module, seeds: int, s: dict) -> dict:

@@ -41,8 +41,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from tl_helpers.checkpoints import save_checkpoint
-from tl_helpers.recipe import Recipe, one_cycle
-from tl_helpers.surgery import freeze, param_groups, set_bn_eval, unfreeze
+from tl_helpers.recipe import Recipe, finetune_phases, prepare_phase
+from tl_helpers.surgery import set_bn_eval
 from tl_helpers.train import History, evaluate_loader, train_one_epoch
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -528,17 +528,9 @@ def two_phase_ddp(model: nn.Module, train_set: Dataset, val_set: Dataset,
     loader = shard_loader(train_set, global_batch, d, train=True, seed=recipe.seed)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     history = History()
-    for phase, stages, epochs in [("top", recipe.top_stages, recipe.top_epochs), ("all", None, recipe.all_epochs)]:
-        if epochs <= 0:
-            continue
+    for phase, stages, epochs in finetune_phases(recipe):
         plain = unwrap(model)
-        freeze(plain)
-        unfreeze(plain, last=stages)
-        set_bn_eval(plain)
-        groups = param_groups(plain, head_lr=recipe.finetune_head_lr, backbone_lr=recipe.backbone_lr,
-                              decay=recipe.lr_decay, weight_decay=recipe.weight_decay)
-        optimizer = torch.optim.AdamW(groups)
-        scheduler = one_cycle(optimizer, epochs, len(loader))
+        optimizer, scheduler = prepare_phase(plain, recipe, stages, epochs, len(loader))
         model = wrap(plain, d)
         history = fit_ddp(model, loader, val_set, optimizer, epochs, d, loss_fn, scheduler, phase=phase,
                           history=history, checkpoint=checkpoint, progress=progress, accumulate=recipe.accumulate)

@@ -141,6 +141,38 @@ def one_cycle(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: in
                       epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct_start)
 
 
+def finetune_phases(recipe: Recipe) -> list[tuple[str, int | None, int]]:
+    """The phases after the head's, as ``(name, stages to train, epochs)``, those with no epochs left out.
+
+    >>> finetune_phases(Recipe(top_stages=6, top_epochs=1, all_epochs=6))
+    [('top', 6, 1), ('all', None, 6)]
+    """
+    steps = [("top", recipe.top_stages, recipe.top_epochs), ("all", None, recipe.all_epochs)]
+    return [step for step in steps if step[2] > 0]
+
+
+def prepare_phase(model: nn.Module, recipe: Recipe, stages: int | None, epochs: int,
+                  steps_per_epoch: int) -> tuple[torch.optim.Optimizer, OneCycleLR]:
+    """Set ``model`` up for one fine-tuning phase: everything frozen but the last ``stages`` stages (``None``:
+    nothing frozen), BatchNorm in eval mode, AdamW over :func:`param_groups` at the recipe's rates and a
+    one-cycle schedule. Returns the optimiser and scheduler (what :func:`two_phase` and the distributed
+    recipe share).
+
+    >>> from tl_helpers.models import load_pretrained
+    >>> model = replace_head(load_pretrained().model, 8)
+    >>> optimizer, scheduler = prepare_phase(model, Recipe(), stages=None, epochs=1, steps_per_epoch=2)
+    >>> all(p.requires_grad for p in model.parameters()), model._bn0.training
+    (True, False)
+    """
+    freeze(model)
+    unfreeze(model, last=stages)
+    set_bn_eval(model)
+    groups = param_groups(model, head_lr=recipe.finetune_head_lr, backbone_lr=recipe.backbone_lr,
+                          decay=recipe.lr_decay, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(groups)
+    return optimizer, one_cycle(optimizer, epochs, steps_per_epoch)
+
+
 def _tensors_hash(tensors) -> str:
     """A short hash of some tensors' shapes and values (the cached features phase 1 trains on)."""
     h = hashlib.sha256()
@@ -180,21 +212,12 @@ def two_phase(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         weight_decay=recipe.head_weight_decay, seed=recipe.seed, label_smoothing=recipe.label_smoothing)
     replace_head(model, None, head=head)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    steps = [("top", recipe.top_stages, recipe.top_epochs), ("all", None, recipe.all_epochs)]
     history = History()
-    for phase, stages, epochs in steps:
-        if epochs <= 0:
-            continue
-        freeze(model)
-        unfreeze(model, last=stages)
-        set_bn_eval(model)
-        groups = param_groups(model, head_lr=recipe.finetune_head_lr, backbone_lr=recipe.backbone_lr,
-                              decay=recipe.lr_decay, weight_decay=recipe.weight_decay)
-        optimizer = torch.optim.AdamW(groups)
-        scheduler = one_cycle(optimizer, epochs, len(train_loader))
+    for phase, stages, epochs in finetune_phases(recipe):
+        optimizer, scheduler = prepare_phase(model, recipe, stages, epochs, len(train_loader))
         path = None
         if checkpoint is not None:
-            path = Path(checkpoint) if phase == steps[-1][0] else Path(checkpoint).with_suffix(f".{phase}.pt")
+            path = Path(checkpoint) if phase == "all" else Path(checkpoint).with_suffix(f".{phase}.pt")
         run = None
         if path is not None:
             run = {"recipe": asdict(recipe), "features": _tensors_hash(features), **(settings or {})}

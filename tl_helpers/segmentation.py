@@ -31,6 +31,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from tl_helpers.evaluate import mean_interval
+
 SPLITS = ("train", "val", "test")
 LITE_MEAN = (0.5, 0.5, 0.5)   # what the Lite encoders expect (tl_helpers.models.LITE_MEAN/STD)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -435,14 +437,9 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     >>> t_interval([1.0, 2.0, 3.0])
     (2.0, -0.48..., 4.48...)
     """
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    if x.size < 2:
+    if len(values) < 2:
         raise ValueError("A t-interval needs at least two values (run at least two seeds).")
-    mean, sem = float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)) * sem
-    return mean, mean - half, mean + half
+    return mean_interval(values, confidence)
 
 
 # --------------------------------------------------------------------------------------------------
