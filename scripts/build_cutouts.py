@@ -39,7 +39,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tl_helpers.groups import describe_groups, dhash, group_split, near_duplicate_groups  # noqa: E402
+from tl_helpers.groups import describe_groups, dhash, group_split, merge_groups, near_duplicate_groups  # noqa: E402
 
 SOURCE = Path("/usr/share/openclipart/png")
 FOLDERS = (
@@ -92,33 +92,6 @@ def mask_hash(cutout: Image.Image) -> int:
     """Difference hash of the cut-out's mask (black drawing on white): recolourings share it."""
     a = np.asarray(cutout)[..., 3]
     return dhash(Image.fromarray(np.where(a >= 128, 0, 255).astype(np.uint8)))
-
-
-def merge_groups(*groupings: np.ndarray) -> np.ndarray:
-    """Items joined when any of the groupings joins them; groups numbered in order of first appearance.
-
-    >>> merge_groups(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2])).tolist()
-    [0, 0, 0, 1]
-    """
-    n = len(groupings[0])
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for groups in groupings:
-        first: dict[int, int] = {}
-        for i, g in enumerate(groups.tolist()):
-            if g in first:
-                ri, rj = find(first[g]), find(i)
-                parent[max(ri, rj)] = min(ri, rj)
-            else:
-                first[g] = i
-    number: dict[int, int] = {}
-    return np.array([number.setdefault(find(i), len(number)) for i in range(n)], dtype=np.int64)
 
 
 def build(source: Path, out: Path) -> Counter:

@@ -90,6 +90,45 @@ def hamming_matrix(hashes: Sequence[int], n_bits: int = 256) -> np.ndarray:
     return np.rint(b @ (1 - b).T + (1 - b) @ b.T).astype(np.int32)
 
 
+class DisjointSets:
+    """Union-find over items 0..n-1 (path halving; the smaller root wins, so numbering is stable).
+
+    >>> sets = DisjointSets(4)
+    >>> sets.union(1, 3)
+    >>> sets.numbered().tolist()
+    [0, 1, 2, 1]
+    """
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+    def join_equal(self, keys: Sequence) -> None:
+        """Join every item with the first item that has the same key."""
+        first: dict = {}
+        for i, key in enumerate(keys):
+            if key in first:
+                self.union(first[key], i)
+            else:
+                first[key] = i
+
+    def numbered(self) -> np.ndarray:
+        """A group id per item: 0, 1, ... in order of first appearance."""
+        number: dict[int, int] = {}
+        return np.array([number.setdefault(self.find(i), len(number)) for i in range(len(self.parent))],
+                        dtype=np.int64)
+
+
 def near_duplicate_groups(hashes: Sequence[int], stems: Sequence[str] | None = None,
                           labels: Sequence | None = None, max_distance: int = 12,
                           n_bits: int = 256) -> np.ndarray:
@@ -102,35 +141,27 @@ def near_duplicate_groups(hashes: Sequence[int], stems: Sequence[str] | None = N
     >>> near_duplicate_groups([0, 15, 0], stems=["cat_1", "cat_2", "dog"], labels=[0, 0, 1], n_bits=4).tolist()
     [0, 0, 1]
     """
-    n = len(hashes)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-
+    sets = DisjointSets(len(hashes))
     same_class = (np.asarray(labels)[:, None] == np.asarray(labels)[None, :]) if labels is not None else True
     close = (hamming_matrix(hashes, n_bits) <= max_distance) & same_class
     for i, j in zip(*np.nonzero(np.triu(close, k=1))):
-        union(int(i), int(j))
+        sets.union(int(i), int(j))
     if stems is not None:
-        first: dict[tuple, int] = {}
-        for i, stem in enumerate(stems):
-            key = (normalise_stem(stem), labels[i] if labels is not None else None)
-            if key in first:
-                union(first[key], i)
-            else:
-                first[key] = i
-    roots = [find(i) for i in range(n)]
-    number: dict[int, int] = {}
-    return np.array([number.setdefault(r, len(number)) for r in roots], dtype=np.int64)
+        keys = [(normalise_stem(stem), labels[i] if labels is not None else None) for i, stem in enumerate(stems)]
+        sets.join_equal(keys)
+    return sets.numbered()
+
+
+def merge_groups(*groupings: Sequence[int]) -> np.ndarray:
+    """Items joined when any of the groupings joins them; groups numbered in order of first appearance.
+
+    >>> merge_groups(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2])).tolist()
+    [0, 0, 0, 1]
+    """
+    sets = DisjointSets(len(groupings[0]))
+    for groups in groupings:
+        sets.join_equal(np.asarray(groups).tolist())
+    return sets.numbered()
 
 
 def group_split(labels: Sequence[int], groups: Sequence[int], val: float = 0.15, test: float = 0.25,
