@@ -461,6 +461,7 @@ def best(data: BenchData, tta: bool = True, **settings) -> nn.Module:
     - two members are averaged in probability (:class:`ProbabilityMean`)
     """
     settings = dict(settings or best_overrides(BEST))  # called with no settings: the chosen candidate
+    tta = settings.pop("tta", tta)
     probe_backbones = tuple(settings.pop("probe_backbones", ()))
     probe_C = settings.pop("probe_C", 0.1)
     finetune = settings.pop("finetune", True)

@@ -204,3 +204,14 @@ def test_at_size_keeps_the_split(tiny):
     assert small.train[0][0].shape == (3, 32, 32) and tiny.train[0][0].shape == (3, 64, 64)
     assert [y for _, y in small.val] == [y for _, y in tiny.val]
     assert small.test.indices == tiny.test.indices and small.seed == tiny.seed
+
+
+def test_best_without_settings_runs_the_chosen_candidate(tiny):
+    """The harness calls ``best(data)`` with no settings: that must be BEST's candidate, whatever keys it has."""
+    from benchmarks.recipes import BEST, BEST_CANDIDATES, ProbabilityMean, best
+
+    torch.manual_seed(0)
+    model = best(tiny)
+    assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 8)
+    two_members = BEST_CANDIDATES[BEST].get("probe_backbones") and BEST_CANDIDATES[BEST].get("finetune", True)
+    assert isinstance(model, ProbabilityMean) == bool(two_members)
