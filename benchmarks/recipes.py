@@ -433,11 +433,8 @@ def feature_probe(data: BenchData, backbones: tuple[str, ...], C: float, max_ite
     :func:`_logistic_head` with a fixed ``C`` (chosen on selection splits, so the validation part stays
     unseen). Returns pixels -> ``ConcatFeatures`` -> ``nn.Linear``.
     """
-    bodies = []
-    for name in backbones:
-        body = load_pretrained(name, image_size=data.image_size).model
-        body._fc = nn.Identity()
-        bodies.append(body)
+    bodies = [replace_head(load_pretrained(name, image_size=data.image_size).model, None, head=nn.Identity())
+              for name in backbones]
     features = ConcatFeatures(bodies).eval()
     X, y = _features(features, data.train_eval, data)
     return nn.Sequential(features, _logistic_head(X, y, data.num_classes, C, max_iter)).eval()
