@@ -16,8 +16,8 @@ What it does, deterministically (no random numbers; files in a fixed order):
     (soft shadows make poor masks), an aspect ratio of at most 2.5 and at least 48 px on its short side;
   * crops it to the bounding box of its alpha, shrinks it to at most ``MAX_SIDE`` px (aspect kept) and
     writes it as an RGBA PNG, at most ``PER_FOLDER`` per folder;
-  * groups near-duplicates (a grayscale difference hash of the drawing *or* of its mask within 12 of
-    256 bits, or the same file name once ``_01``-style suffixes are stripped: ``tl_helpers.groups``)
+  * groups near-duplicates (``tl_helpers.groups.near_duplicate_groups``: close grayscale or edge hashes
+    of the drawing, a close grayscale hash of its mask, or file names that say "variant")
     and splits whole groups into train / val / test, stratified by folder, so no drawing, recolouring
     or numbered variant sits in two parts;
   * writes ``manifest.csv`` (file, folder, source, sha256, group, split, foreground) and ``CREDITS.md``.
@@ -39,7 +39,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tl_helpers.groups import describe_groups, dhash, group_split, merge_groups, near_duplicate_groups  # noqa: E402
+from tl_helpers.groups import describe_groups, dhash, group_split, image_hashes, merge_groups, near_duplicate_groups  # noqa: E402
 
 SOURCE = Path("/usr/share/openclipart/png")
 FOLDERS = (
@@ -145,7 +145,7 @@ def _build(source: Path, out: Path) -> Counter:
             stats["kept"] += 1
     labels = [FOLDERS.index(r["folder"]) for r in rows]
     stems = [Path(r["source"]).stem for r in rows]
-    groups = merge_groups(near_duplicate_groups([dhash(im) for im in images], stems),
+    groups = merge_groups(near_duplicate_groups([image_hashes(im) for im in images], stems),
                           near_duplicate_groups([mask_hash(im) for im in images]))
     parts = group_split(labels, groups.tolist(), val=SPLIT["val"], test=SPLIT["test"], seed=0,
                         class_names=list(FOLDERS))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from tl_helpers.data import extract_features, make_loader
-from tl_helpers.imagefolder import (IMAGE_EXTENSIONS, DataError, ImageFiles, check_image, read_images,
+from tl_helpers.imagefolder import (IMAGE_EXTENSIONS, DataError, ImageFiles, check_image, describe_split, read_images,
                                     scan_dataset, scan_image_folder, split_folder, write_example_folder)
 
 
@@ -333,3 +335,217 @@ def test_checker_leak_free_split(capsys):
     assert not check_leak_free_split(fixed) and "random_state=seed" in capsys.readouterr().out
     assert not check_leak_free_split(group_shuffle) and "missing" in capsys.readouterr().out
     assert not check_leak_free_split(lambda *a: [1, 2, 3]) and "pair" in capsys.readouterr().out
+
+
+# --- folder layouts people already have: train/ valid/ test/ ------------------------------------------
+
+def make_split_folder(root, parts: dict[str, dict[str, int]]):
+    """root/<part>/<class>/<name(seed)>.png: every drawing and every file name distinct across the whole folder."""
+    seed = 1000
+    for part, classes in parts.items():
+        for cls, n in classes.items():
+            (root / part / cls).mkdir(parents=True, exist_ok=True)
+            for _ in range(n):
+                drawing(seed).save(root / part / cls / f"{name(seed)}.png")
+                seed += 1
+    return root
+
+
+def test_a_train_valid_folder_is_the_given_split_and_the_test_part_is_drawn_from_train(tmp_path):
+    root = make_split_folder(tmp_path / "tv", {"train": {"cats": 12, "dogs": 12}, "valid": {"cats": 4, "dogs": 4}})
+    report = scan_image_folder(root, progress=False)
+    assert report.classes == ["cats", "dogs"] and report.given_split and report.part_folders == {"train": "train",
+                                                                                                 "val": "valid"}
+    assert report.part_counts() == {"train": {"cats": 12, "dogs": 12}, "val": {"cats": 4, "dogs": 4}}
+    text = report.summary()
+    assert "Laid out as a split (train/, valid/): used as given; the test part drawn from train/." in text
+    assert "train" not in report.classes and "valid" not in report.classes
+    parts = split_folder(report, seed=0)
+    assert sorted(report.relative(report.samples[i][0]).split("/")[0] for i in parts["val"]) == ["valid"] * 8
+    assert {report.relative(report.samples[i][0]).split("/")[0] for i in parts["train"] + parts["test"]} == {"train"}
+    assert len(parts["test"]) == 6 and {report.samples[i][1] for i in parts["test"]} == {0, 1}   # a quarter of train/
+    assert "val = valid/" in describe_split(report, parts) and "test drawn from train/" in describe_split(report, parts)
+
+
+def test_a_train_val_test_folder_is_used_exactly_as_given(tmp_path):
+    root = make_split_folder(tmp_path / "tvt", {"Train": {"a": 5, "b": 5}, "validation": {"a": 2, "b": 2},
+                                                "test": {"a": 3, "b": 3}})
+    report = scan_image_folder(root, progress=False)
+    parts = split_folder(report, seed=1)
+    folder_of = {k: {report.relative(report.samples[i][0]).split("/")[0] for i in idx} for k, idx in parts.items()}
+    assert folder_of == {"train": {"Train"}, "val": {"validation"}, "test": {"test"}}
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [10, 4, 6] and split_folder(report, seed=2) == parts
+
+
+def test_a_class_missing_from_a_part_is_named(tmp_path):
+    root = make_split_folder(tmp_path / "tv", {"train": {"cats": 6, "dogs": 6, "owls": 6}, "valid": {"cats": 3, "owls": 3}})
+    report = scan_image_folder(root, progress=False)
+    assert report.missing_from_parts == [("dogs", "val")] and report.small_classes == ["dogs"]
+    assert "Missing from a part: dogs has no image in valid/" in report.summary()
+    with pytest.raises(DataError, match=r"Class 'dogs' has no usable image in tv/valid/.*valid/dogs/.*--leave-out dogs"):
+        split_folder(report)
+    assert sum(map(len, split_folder(report.without(["dogs"])).values())) == 18
+    only_valid = make_split_folder(tmp_path / "ov", {"train": {"cats": 6, "dogs": 6}, "valid": {"cats": 2, "dogs": 2,
+                                                                                                 "owls": 2}})
+    with pytest.raises(DataError, match="'owls' has no usable image in ov/train/"):
+        split_folder(scan_image_folder(only_valid, progress=False))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("mixed", r"mixes parts of a split \(train/\) with other folders \(cats/\)"),
+    ("images_in_part", r"tv/train/ holds no class subfolders.*If 'train' is a class, rename that folder"),
+    ("part_as_class", r"tv/train/valid/: a part name used as a class"),
+    ("parts_in_classes", r"tv/cats/test/: a part of a split inside a class folder.*tv/test/cats/"),
+    ("two_val", r"has val/ and valid/: both name the val part"),
+])
+def test_layout_mixups_get_a_clear_message(tmp_path, case, message):
+    root = tmp_path / "tv"
+    if case == "mixed":
+        make_split_folder(root, {"train": {"cats": 3}})
+        make_folder(root, {"cats": 3})
+    elif case == "images_in_part":
+        make_folder(root, {"train": 3, "valid": 3})        # two classes that happen to be called train and valid
+    elif case == "part_as_class":
+        make_split_folder(root, {"train": {"cats": 3, "valid": 3}})
+    elif case == "parts_in_classes":
+        make_folder(root / "cats", {"train": 3, "test": 2})
+        make_folder(root / "dogs", {"train": 3, "test": 2}, start=50)
+    else:
+        make_split_folder(root, {"train": {"a": 3}, "val": {"a": 1}, "valid": {"a": 1}})
+    with pytest.raises(DataError, match=message):
+        scan_image_folder(root, progress=False)
+
+
+def test_a_folder_without_train_scans_but_cannot_be_split(tmp_path):
+    root = make_split_folder(tmp_path / "t", {"test": {"a": 3, "b": 3}})
+    report = scan_image_folder(root, progress=False)
+    assert report.part_folders == {"test": "test"} and report.counts == {"a": 3, "b": 3}
+    with pytest.raises(DataError, match="has test/ but no train/"):
+        split_folder(report)
+
+
+def test_near_duplicates_across_given_parts_are_reported(tmp_path):
+    root = make_split_folder(tmp_path / "tv", {"train": {"a": 6, "b": 6}, "valid": {"a": 2, "b": 2}})
+    Image.open(root / "train" / "a" / f"{name(1000)}.png").convert("L").save(root / "valid" / "a" / "copy_bw.png")
+    (root / "valid" / "b" / "same.png").write_bytes((root / "train" / "b" / f"{name(1006)}.png").read_bytes())
+    (root / "train" / "b" / "twice.png").write_bytes((root / "train" / "b" / f"{name(1007)}.png").read_bytes())
+    report = scan_image_folder(root, progress=False)
+    summary = report.summary()
+    assert f"train/b/{name(1006)}.png = valid/b/same.png   <- in two parts of the split: move one copy" in summary
+    assert summary.endswith(f"train/b/{name(1007)}.png = train/b/twice.png")
+    text = describe_split(report, split_folder(report))
+    assert "warning: 2 group(s) of near-duplicates have images in two parts" in text and "valid/a/copy_bw.png" in text
+
+
+def test_the_scan_reports_class_imbalance(tmp_path):
+    report = scan_image_folder(make_folder(tmp_path, {"cats": 12, "dogs": 3}), progress=False)
+    assert report.imbalance == 4.0
+    assert "Class sizes: largest/smallest 4.0 (cats 12, dogs 3): imbalanced. balance=True (--balance)" in report.summary()
+    even = scan_image_folder(make_folder(tmp_path / "even", {"cats": 3, "dogs": 3}), progress=False)
+    assert "largest/smallest 1.0" in even.summary() and "imbalanced" not in even.summary()
+
+
+# --- large photos: decoded once, at the size training needs ------------------------------------------
+
+def photo(size=(1200, 900), seed=0) -> Image.Image:
+    """A real photo (scikit-image's astronaut), cropped at random and resized: not noise."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(data.astronaut())
+    x, y = rng.integers(0, 128, size=2)
+    return img.crop((x, y, x + 384, y + 288)).resize(size, Image.Resampling.BICUBIC)
+
+
+def test_reduced_image_decodes_big_jpegs_small_and_applies_the_orientation(tmp_path):
+    from tl_helpers.imagefolder import reduced_image, training_side
+
+    photo((2000, 1500)).save(tmp_path / "big.jpg", quality=90)
+    img, reason = reduced_image(tmp_path / "big.jpg", training_side(128))
+    assert reason is None and img.size == (256, 192)
+    rotated = photo((1600, 1200), seed=1)
+    exif = rotated.getexif()
+    exif[0x0112] = 6                                      # "rotate 90 degrees clockwise to display"
+    rotated.save(tmp_path / "phone.jpg", quality=90, exif=exif)
+    img, _ = reduced_image(tmp_path / "phone.jpg", 150)
+    assert img.size == (150, 200) and img.info["original_size"] == (1200, 1600)   # portrait, as the phone showed it
+    small = reduced_image(tmp_path / "phone.jpg", None)[0]
+    assert small.size == (1200, 1600)
+
+
+def test_image_cache_decodes_once_per_file_and_size_and_is_safe_to_delete(tmp_path, monkeypatch):
+    import tl_helpers.imagefolder as imf
+
+    photo().save(tmp_path / "a.jpg", quality=90)
+    calls = []
+    real = imf.reduced_image
+    monkeypatch.setattr(imf, "reduced_image", lambda p, side: calls.append((Path(p).name, side)) or real(p, side))
+    cache = imf.ImageCache(150, tmp_path / "cache")
+    first = cache.load(tmp_path / "a.jpg")
+    again = cache.load(tmp_path / "a.jpg")
+    assert first.size == again.size == (200, 150) and np.array_equal(np.asarray(first), np.asarray(again))
+    assert calls == [("a.jpg", 150)]                                            # decoded once
+    assert imf.ImageCache(100, tmp_path / "cache").load(tmp_path / "a.jpg").size == (133, 100)
+    assert calls[-1] == ("a.jpg", 100) and len(list((tmp_path / "cache").glob("*.npy"))) == 2   # never reused
+    entry = cache.entry(imf.file_digest(tmp_path / "a.jpg"))
+    np.save(entry, np.zeros((300, 400, 3), dtype=np.uint8))                     # wrong size under this name
+    assert cache.load(tmp_path / "a.jpg").size == (200, 150) and len(calls) == 3
+    entry.write_bytes(b"\x93NUMPY damaged")
+    assert cache.load(tmp_path / "a.jpg").size == (200, 150) and len(calls) == 4
+    import shutil
+    shutil.rmtree(tmp_path / "cache")                                          # safe to delete
+    assert cache.load(tmp_path / "a.jpg").size == (200, 150) and len(calls) == 5
+    photo(seed=3).save(tmp_path / "a.jpg", quality=90)                          # edited: another hash
+    cache = imf.ImageCache(150, tmp_path / "cache")
+    cache.load(tmp_path / "a.jpg")
+    assert len(calls) == 6 and len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_the_scan_fills_the_cache_with_the_pixels_training_reads(tmp_path, monkeypatch):
+    import tl_helpers.imagefolder as imf
+
+    root = tmp_path / "photos"
+    for cls, seeds in (("a", (0, 1, 2)), ("b", (3, 4, 5))):
+        (root / cls).mkdir(parents=True)
+        for s in seeds:
+            photo((1600, 1200), seed=s).save(root / cls / f"p{s}.jpg", quality=90)
+    cache = imf.ImageCache(192, tmp_path / "cache")
+    report = imf.scan_image_folder(root, progress=False, cache=cache, workers=2)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 6 and report.sizes == [(1600, 1200)] * 6
+    fresh = {p: imf.reduced_image(p, 192)[0] for p, _ in report.samples}
+    monkeypatch.setattr(imf, "reduced_image", lambda *a: pytest.fail("decoded a second time"))
+    assert cache.warm([p for p, _ in report.samples], report.digests) == 0
+    for p, _ in report.samples:
+        assert np.array_equal(np.asarray(cache.load(p)), np.asarray(fresh[p]))
+
+
+def test_read_images_at_a_side_shrinks_files_and_pil_images_alike(tmp_path):
+    big = photo((800, 600))
+    big.save(tmp_path / "a.png")
+    names, images, bad = read_images([tmp_path / "a.png", big], side=150)
+    assert [im.size for im in images] == [(200, 150), (200, 150)] and not bad
+    assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+def test_header_problem_is_fast_and_names_what_is_wrong(tmp_path):
+    from tl_helpers.imagefolder import header_problem
+
+    drawing(0).save(tmp_path / "ok.png")
+    (tmp_path / "page.jpg").write_text("<html>")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert header_problem(tmp_path / "ok.png") is None
+    assert "text" in header_problem(tmp_path / "page.jpg") and "empty" in header_problem(tmp_path / "empty.jpg")
+
+
+def test_checker_crop_predictions(capsys):
+    from tl_helpers.checks.own_images import check_crop_predictions
+
+    assert check_crop_predictions((3, 128, 128), 0.25, True)
+    assert "cuts away 25% of the photo" in capsys.readouterr().out
+    for answer, words in ((((128, 128, 3), 0.25, True), "channels last"), (((1, 3, 128, 128), 0.25, True), "batch"),
+                          (((3, 128, 170), 0.25, True), "not square"), (((3, 128, 128), 0.0, True), "squashed"),
+                          (((3, 128, 128), 0.5, True), "3000 / 4000"), (((3, 128, 128), 0.25, False), "exif_transpose"),
+                          (("banana", 0.25, True), "tuple of sizes"), (((3, 128, 128), "a quarter", True), "a number")):
+        assert not check_crop_predictions(*answer), answer
+        assert words in capsys.readouterr().out, answer
+    assert check_crop_predictions((3, 64, 64), 0.26, True, image_size=64)

@@ -3,7 +3,7 @@
 >>> from tl_helpers.data import clipart_splits, eval_transform
 >>> splits = clipart_splits(eval_transform(128))
 >>> len(splits["train"]), len(splits["val"]), len(splits["test"])
-(301, 76, 126)
+(298, 74, 125)
 >>> splits["train"].classes[:3]
 ['beverages', 'birds', 'bugs']
 """
@@ -81,6 +81,40 @@ def stratified_split(labels: Sequence[int | str], seed: int = 0, val: float = 0.
     return {"train": sorted(train_idx), "val": sorted(val_idx), "test": sorted(test_idx)}
 
 
+def cv_split(labels: Sequence[int | str], groups: Sequence[int], fold: int, folds: int = 5, seed: int = 0,
+             val: float = 0.25) -> dict[str, list[int]]:
+    """Part ``fold`` of grouped, stratified ``folds``-fold cross-validation, as train/val/test indices.
+
+    The items are dealt into ``folds`` parts of whole groups with the classes in about the same
+    proportions (scikit-learn's ``StratifiedGroupKFold``, shuffled with ``seed``); fold ``f`` tests on part
+    ``f``, so the test parts of the folds are disjoint and together hold every item once. The rest is split
+    the same way into train and val (about ``val`` of it: 1/4 gives 60/20/20 overall), also whole groups,
+    and everything a method chooses (epochs, rates, C) is chosen on that val part: nested inside the fold,
+    never on a test part.
+
+    >>> labels = [i % 2 for i in range(40)]
+    >>> parts = [cv_split(labels, groups=list(range(40)), fold=f) for f in range(5)]
+    >>> [len(p["train"]) for p in parts], [len(p["val"]) for p in parts], [len(p["test"]) for p in parts]
+    ([24, 24, 24, 24, 24], [8, 8, 8, 8, 8], [8, 8, 8, 8, 8])
+    >>> sorted(i for p in parts for i in p["test"]) == list(range(40))
+    True
+    """
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold={fold}: give a fold between 0 and {folds - 1} ({folds}-fold cross-validation).")
+    if not 0 < val < 1:
+        raise ValueError(f"val={val}: give the validation share of each fold's learning part, e.g. 0.25.")
+    y, g = np.asarray(labels), np.asarray(groups)
+    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    learn, test = list(outer.split(np.zeros(len(y)), y, g))[fold]
+    inner = StratifiedGroupKFold(n_splits=max(2, round(1 / val)), shuffle=True, random_state=seed * 1000 + fold)
+    train, val_idx = next(inner.split(np.zeros(len(learn)), y[learn], g[learn]))
+    return {"train": sorted(int(i) for i in learn[train]), "val": sorted(int(i) for i in learn[val_idx]),
+            "test": sorted(int(i) for i in test)}
+
+
 def read_manifest(root: Path | None = None) -> list[dict[str, str]]:
     """Rows of the dataset's ``manifest.csv``: file, class, source, sha256, group, split."""
     root = root or clipart_root()
@@ -113,12 +147,18 @@ def manifest_column(dataset: datasets.ImageFolder, column: str) -> list[str]:
     return [value_of[Path(path).relative_to(root).as_posix()] for path, _ in dataset.samples]
 
 
-def split_indices(dataset: datasets.ImageFolder, seed: int | None = None) -> dict[str, list[int]]:
+def split_indices(dataset: datasets.ImageFolder, seed: int | None = None,
+                  fold: int | None = None, folds: int = 5) -> dict[str, list[int]]:
     """Train/val/test indices into ``dataset``, with near-duplicates (the manifest's ``group``) never in two parts.
 
     ``seed=None`` gives the fixed split stored in the manifest (the one the notebooks use);
     an integer draws a new split of whole groups, stratified by class, for repeating an experiment.
+    ``fold=f`` gives fold ``f`` of the grouped ``folds``-fold cross-validation that ``make bench`` reports
+    (:func:`cv_split`, shuffled with ``seed`` or 0): the folds' test parts are disjoint.
     """
+    if fold is not None:
+        groups = [int(g) for g in manifest_column(dataset, "group")]
+        return cv_split(dataset.targets, groups, fold, folds=folds, seed=seed or 0)
     if seed is not None:
         groups = [int(g) for g in manifest_column(dataset, "group")]
         return stratified_split(dataset.targets, seed=seed, groups=groups)
@@ -129,14 +169,15 @@ def split_indices(dataset: datasets.ImageFolder, seed: int | None = None) -> dic
 
 
 def clipart_splits(eval_tf: Callable, train_tf: Callable | None = None, seed: int | None = None,
-                   root: Path | None = None) -> dict[str, Subset]:
+                   root: Path | None = None, fold: int | None = None) -> dict[str, Subset]:
     """The Clipart dataset split three ways: ``train`` uses ``train_tf`` (or ``eval_tf``), the rest ``eval_tf``.
 
-    Each part is a ``Subset`` with ``.classes`` and ``.targets`` added for convenience.
+    ``seed`` and ``fold`` choose the split as in :func:`split_indices` (default: the fixed split of the
+    manifest). Each part is a ``Subset`` with ``.classes`` and ``.targets`` added for convenience.
     """
     train_set = clipart_dataset(train_tf or eval_tf, root)
     eval_set = clipart_dataset(eval_tf, root) if train_tf is not None else train_set
-    parts = split_indices(train_set, seed)
+    parts = split_indices(train_set, seed, fold)
     out = {}
     for name, idx in parts.items():
         subset = Subset(train_set if name == "train" else eval_set, idx)
@@ -147,19 +188,27 @@ def clipart_splits(eval_tf: Callable, train_tf: Callable | None = None, seed: in
 
 
 def eval_transform(image_size: int = 224, resize_size: int | None = None,
-                   mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)) -> v2.Compose:
-    """Evaluation preprocessing: resize, centre-crop, scale to [0, 1] floats, normalise.
+                   mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                   interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR) -> v2.Compose:
+    """Evaluation preprocessing: resize the short side, centre-crop, scale to [0, 1] floats, normalise.
 
     With ``resize_size=None`` the image is resized straight to ``image_size`` (the Clipart images are
-    square already). The default mean/std fit EfficientNet-Lite; pass ``Pretrained.mean/std`` otherwise.
+    square already). The default mean/std fit EfficientNet-Lite; pass ``Pretrained.mean/std`` otherwise
+    (``load_pretrained`` builds the whole transform the weights ask for, ``interpolation`` included).
+
+    A PIL image is resized and cropped by Pillow, as torchvision's own presets do, and a tensor in float32:
+    both give the same pixels on every CPU. (torchvision's resize of a *uint8 tensor* has a fast path for
+    AVX2 processors whose rounding differs by a level or two of 255 from other processors', so a model
+    would see other inputs, and print other numbers, on a learner's laptop.)
 
     >>> eval_transform(64)(torch.zeros(3, 80, 80, dtype=torch.uint8)).shape
     torch.Size([3, 64, 64])
     """
     return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(resize_size or image_size, antialias=True),
+        v2.ToDtype(torch.float32, scale=True),   # tensors only: a PIL image passes through to Pillow's resize
+        v2.Resize(resize_size or image_size, interpolation=interpolation, antialias=True),
         v2.CenterCrop(image_size),
+        v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
     ])
@@ -169,13 +218,16 @@ def train_transform(image_size: int = 224, mean: Sequence[float] = (0.5, 0.5, 0.
                     std: Sequence[float] = (0.5, 0.5, 0.5), scale: tuple[float, float] = (0.6, 1.0)) -> v2.Compose:
     """Training preprocessing with augmentation: random resized crop and horizontal flip.
 
+    Resizing happens on the PIL image (or a float tensor), as in :func:`eval_transform`.
+
     >>> train_transform(64)(torch.zeros(3, 80, 80, dtype=torch.uint8)).shape
     torch.Size([3, 64, 64])
     """
     return v2.Compose([
-        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),   # tensors only: a PIL image passes through to Pillow's resize
         v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
         v2.RandomHorizontalFlip(),
+        v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
     ])
@@ -275,7 +327,7 @@ def extract_features(backbone: nn.Module, dataset: Dataset, cache: Path | str | 
     >>> pre.model._fc = nn.Identity()
     >>> X, y = extract_features(pre.model, clipart_splits(eval_transform(128))["val"])
     >>> X.shape
-    torch.Size([76, 1280])
+    torch.Size([74, 1280])
     """
     if cache is False:
         return compute_features(backbone, dataset, batch_size, device, progress)
