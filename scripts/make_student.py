@@ -14,8 +14,10 @@ them, so instructors who use nbgrader can use the notebooks as they are:
 - lines from ``### BEGIN HIDDEN TESTS`` to ``### END HIDDEN TESTS`` are dropped.
 
 A code cell that had a solution loses its outputs and is tagged ``raises-exception``, so nbval
-accepts the ``NotImplementedError`` it now raises; put the ``check_...`` call in the same cell, after
-``### END SOLUTION``. Everything else is copied unchanged, outputs included, together with the other
+accepts the ``NotImplementedError`` it now raises. So does each exercise's test cell (nbgrader's
+``grade: true``, the ``check_...`` call after the solution cell): it has nothing to check yet, and may
+raise a ``NameError``. This edition keeps the outputs of every other cell (figures, tables), which
+nbgrader's release (``make assignments``) clears: learners read the chapter with its results. Everything else is copied unchanged, outputs included, together with the other
 files next to the notebooks (images, data), except caches: ``checkpoints/`` holds the instructor's own
 trained models, and a student's chapter 05 would silently reload them instead of training.
 """
@@ -80,6 +82,12 @@ def _is_nbgrader_solution(cell) -> bool:
     return bool(cell.get("metadata", {}).get("nbgrader", {}).get("solution", False))
 
 
+def _is_nbgrader_test(cell) -> bool:
+    """An autograded test cell: graded, not a solution (it checks the answer of the cell above)."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return bool(meta.get("grade", False)) and not meta.get("solution", False)
+
+
 def student_cell(cell, where: str = "cell") -> bool:
     """Turn one instructor cell into its student version, in place. True if a solution was removed."""
     if cell.cell_type not in ("code", "markdown"):
@@ -95,6 +103,11 @@ def student_cell(cell, where: str = "cell") -> bool:
         if not count and _is_nbgrader_solution(cell):
             source, count = TEXT_STUB, 1
     cell.source = source
+    if cell.cell_type == "code" and _is_nbgrader_test(cell):
+        cell.outputs = []
+        cell.execution_count = None
+        cell.metadata["tags"] = sorted(set(cell.metadata.get("tags", [])) | {RAISES_TAG})
+        return False
     if count and cell.cell_type == "code":
         cell.outputs = []
         cell.execution_count = None

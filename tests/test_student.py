@@ -146,7 +146,12 @@ def test_real_notebooks_lose_every_solution_and_nothing_else(tmp_path):
         assert not any(make_student.BEGIN.match(l) or make_student.END.match(l) for l in everything.splitlines())
         for before, after in zip(instructor.cells, student.cells):
             regions, outside = _solution_regions(before.source)
-            if not regions and not before.get("metadata", {}).get("nbgrader", {}).get("solution"):
+            meta = before.get("metadata", {}).get("nbgrader", {})
+            if meta.get("grade") and not meta.get("solution"):  # a test cell: nothing to check yet, may raise
+                assert after.outputs == [] and "raises-exception" in after.metadata["tags"]
+                assert not any(r.strip() in after.source for r in regions), f"{path.name}: a hidden test survived"
+                continue
+            if not regions and not meta.get("solution"):
                 assert after == before, f"{path.name}: a cell without a solution changed"
                 continue
             kept = {line.strip() for line in after.source.splitlines()}
