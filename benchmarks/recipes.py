@@ -1,8 +1,8 @@
 """The recipes that `make bench` compares, each a function ``recipe(data, **settings) -> model``.
 
-Every recipe gets the same :class:`BenchData` (one stratified Clipart-8 split: train with
-``train_transform(128)``, val/test with ``eval_transform(128)``, batch size 32) and returns a trained
-classifier; the harness (``benchmarks/run.py``) measures its test accuracy the same way for all (eval
+Every recipe gets the same :class:`BenchData` (one fold of grouped, stratified 5-fold cross-validation of
+Clipart-8: train with ``train_transform(128)``, val/test with ``eval_transform(128)``, batch size 32) and
+returns a trained classifier; the harness (``benchmarks/run.py``) measures its test accuracy the same way for all (eval
 mode, plain eval transform, no test-time augmentation). A recipe may return ``(model, info)`` where
 ``info`` is a small JSON-able dict stored with the result (e.g. the probe's chosen C).
 
@@ -45,8 +45,10 @@ IMAGE_SIZE = 128
 BATCH_SIZE = 32
 # Part of every cached cell's key: bump it when a change of code, not of settings, changes what the
 # recipes train, so that no old cell is reused silently. 2: param_groups keeps BatchNorm and biases out
-# of weight decay (one_phase, two_phase, best).
-CODE_VERSION = 2
+# of weight decay (one_phase, two_phase, best). 3: grouped 5-fold cross-validation with nested selection
+# (issue 30): cells are folds, not resampled splits, and record their validation answers image by image.
+CODE_VERSION = 3
+FOLDS = 5
 BACKBONE = "efficientnet_lite0"
 
 
@@ -109,16 +111,19 @@ def _spread(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))})
 
 
-def make_data(seed: int, image_size: int = IMAGE_SIZE, batch_size: int = BATCH_SIZE,
+def make_data(fold: int, image_size: int = IMAGE_SIZE, batch_size: int = BATCH_SIZE,
               limit: int | None = None, max_batches: int | None = None,
               device: torch.device | str | None = None) -> BenchData:
-    """Clipart-8 split ``seed`` (``clipart_splits(..., seed=seed)``: stratified 60/15/25).
+    """Fold ``fold`` of Clipart-8's grouped, stratified 5-fold cross-validation (``clipart_splits(...,
+    fold=fold)``: the fold's test part, and the rest split into train and val, about 60/20/20; the folds'
+    test parts are disjoint). ``seed`` of the returned data is the fold number (it seeds the loader).
+    ``fold=None`` gives the manifest's fixed split (the notebooks'), with seed 0.
 
     ``limit`` keeps only ``limit`` images of train and half as many of val and test, spread evenly
     over each split so that several classes are present (smoke tests).
     """
-    parts = clipart_splits(eval_transform(image_size), train_transform(image_size), seed=seed)
-    train_eval = clipart_splits(eval_transform(image_size), seed=seed)["train"]
+    parts = clipart_splits(eval_transform(image_size), train_transform(image_size), fold=fold)
+    train_eval = clipart_splits(eval_transform(image_size), fold=fold)["train"]
     classes = parts["train"].classes
     if limit is not None:  # evenly spaced images, so that the (class-sorted) subsets mix the classes
         small = {"train": limit, "val": max(limit // 2, 1), "test": max(limit // 2, 1)}
@@ -126,7 +131,8 @@ def make_data(seed: int, image_size: int = IMAGE_SIZE, batch_size: int = BATCH_S
         parts = {k: Subset(v, pick[k]) for k, v in parts.items()}
         train_eval = Subset(train_eval, pick["train"])
     return BenchData(train=parts["train"], train_eval=train_eval, val=parts["val"], test=parts["test"],
-                     num_classes=len(classes), seed=seed, image_size=image_size, batch_size=batch_size,
+                     num_classes=len(classes), seed=0 if fold is None else fold, image_size=image_size,
+                     batch_size=batch_size,
                      device=device, max_batches=max_batches)
 
 
@@ -279,42 +285,73 @@ def linear_probe(data: BenchData, Cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3,
     return model.eval(), {"C": Cs[best], "val_acc_by_C": dict(zip(map(str, Cs), scores))}
 
 
-def one_phase(data: BenchData, epochs: int = 8, head_lr: float = 1e-3, backbone_lr: float = 2e-4,
-              weight_decay: float = 0.01, label_smoothing: float = 0.1) -> nn.Module:
-    """One-phase fine-tuning: a fresh random head and every layer trained at once from the start.
+# ------------------------------------------------------------------------------------------------
+# THE COURSE'S RECIPE: tl_helpers.recipe.two_phase, its settings chosen inside each fold (GRID below)
+# ------------------------------------------------------------------------------------------------
 
-    Source: the course (chapter 05) uses it to show why a head is trained first; the settings are
-    those of the course's phase 2 (all layers, BN in eval, AdamW one-cycle 2e-4 / head 1e-3, 8 epochs,
-    label smoothing 0.1), without the phase 1 that would have trained the head.
+class ValidationRecorder:
+    """Watches a model's evaluation passes over the validation part: which images each pass gets right,
+    and a copy of the weights of the best pass from pass ``keep_from`` on (the first best wins a tie, as in
+    ``fit(restore_best=True)``).
 
-    - model: pretrained Lite0, new ``nn.Linear(1280, 8)`` head (PyTorch default init); nothing frozen
-    - BatchNorm: eval mode throughout (``set_bn_eval``: pretrained statistics, gamma/beta still learn)
-    - optimiser: AdamW, head 1e-3, backbone 2e-4 (``param_groups``), weight decay 0.01
-    - schedule: one-cycle per batch (30 % warm-up, cosine, div 25, final div 1e4)
-    - epochs: 8; loss: cross-entropy with label smoothing 0.1; result: the last epoch's weights
+    A forward hook on the model records the answers whenever it runs in eval mode without gradients (what
+    ``fit`` does after each epoch); ``expected`` images make one pass. Use it as a context manager: the hook
+    is removed at the end, before anything else (the test part) goes through the model.
+
+    >>> net = nn.Linear(2, 2)
+    >>> with torch.no_grad(), ValidationRecorder(net, labels=[0, 1]) as rec:
+    ...     _ = net.eval()(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    >>> len(rec.passes), len(rec.passes[0])
+    (1, 2)
     """
-    model = set_bn_eval(_lite0(data))
-    groups = param_groups(model, head_lr=head_lr, backbone_lr=backbone_lr, weight_decay=weight_decay)
-    optimizer = torch.optim.AdamW(groups)
-    loader = data.train_loader()
-    scheduler = _one_cycle(optimizer, epochs, len(loader))
-    fit(model, loader, data.eval_loader("val"), optimizer, epochs, scheduler=scheduler, device=data.device,
-        loss_fn=nn.CrossEntropyLoss(label_smoothing=label_smoothing), progress=False, phase="one_phase")
-    return model
+
+    def __init__(self, model: nn.Module, labels: list[int], keep_from: int = 0):
+        self.model, self.labels, self.keep_from = model, list(labels), keep_from
+        self.passes: list[list[int]] = []
+        self.best_state: dict | None = None
+        self.best_pass: int | None = None
+        self._answers: list[int] = []
+
+    def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        if module.training or torch.is_grad_enabled():
+            return
+        self._answers += output.argmax(1).cpu().tolist()
+        if len(self._answers) >= len(self.labels):
+            right = [int(a == y) for a, y in zip(self._answers, self.labels)]
+            self._answers = []
+            self.passes.append(right)
+            kept = self.passes[self.keep_from:-1]
+            if len(self.passes) > self.keep_from and sum(right) > max((sum(r) for r in kept), default=-1):
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+                self.best_pass = len(self.passes) - 1
+
+    def __enter__(self) -> "ValidationRecorder":
+        self._handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
 
 
-# ------------------------------------------------------------------------------------------------
-# THE COURSE'S RECIPE: tl_helpers.recipe.two_phase
-# ------------------------------------------------------------------------------------------------
+def _labels(dataset: Dataset, data: BenchData, part: str) -> list[int]:
+    """The labels of ``data.<part>`` in the order its evaluation loader gives them."""
+    return [int(y) for _, ys in data.eval_loader(part) for y in ys]
 
-def two_phase_recipe(data: BenchData, **settings) -> nn.Module:
+
+def two_phase_recipe(data: BenchData, **settings) -> tuple[nn.Module, dict]:
     """THE COURSE'S RECIPE (chapter 05): ``tl_helpers.recipe.two_phase`` with ``tl_helpers.recipe.Recipe``.
 
     Source: this course, tl_helpers/recipe.py (``Recipe``'s docstring and fields list every setting;
     ``settings`` override its fields, e.g. ``all_epochs=6``). Phase 1 on pooled features of the
     training images at the eval transform (computed here, no disk cache, so their time counts).
+
+    Returns the model the recipe keeps and ``info``: ``val_correct_by_epoch``, which validation images each
+    epoch of the last phase got right (for choosing between settings without the test part), and under
+    ``models`` the same run kept at its *best* validation epoch of the last phase (``best``: what
+    ``Recipe(restore_best=True)`` keeps when the earlier phase has at most one epoch), so one training run
+    gives both the "last epoch" and the "best epoch" candidates of :data:`GRID`.
     """
-    from tl_helpers.recipe import Recipe, two_phase
+    from tl_helpers.recipe import Recipe, finetune_phases, two_phase
 
     model = _lite0(data)
     head, model._fc = model._fc, nn.Identity()
@@ -322,9 +359,17 @@ def two_phase_recipe(data: BenchData, **settings) -> nn.Module:
                               progress=False) for part in (data.train_eval, data.val)]
     model._fc = head
     recipe = Recipe(**settings)
-    two_phase(model, data.train_loader(), data.eval_loader("val"), (*feats[0], *feats[1]), recipe=recipe,
-              device=data.device, progress=False)
-    return model
+    phases = finetune_phases(recipe)
+    earlier = sum(epochs for _, _, epochs in phases[:-1])
+    with ValidationRecorder(model, _labels(data.val, data, "val"), keep_from=earlier) as rec:
+        two_phase(model, data.train_loader(), data.eval_loader("val"), (*feats[0], *feats[1]), recipe=recipe,
+                  device=data.device, progress=False)
+    info = {"val_correct_by_epoch": rec.passes[earlier:], "best_epoch": (rec.best_pass or earlier) - earlier + 1}
+    if rec.best_state is not None:
+        best_model = copy.deepcopy(model)
+        best_model.load_state_dict(rec.best_state)
+        info["models"] = {"best": best_model.eval()}
+    return model, info
 
 
 def _two_phase_defaults() -> dict:
@@ -337,6 +382,44 @@ def _two_phase_defaults() -> dict:
 
 
 two_phase_recipe.default_settings = _two_phase_defaults
+
+
+def _fractional_grid() -> dict[str, dict]:
+    """The declared grid of the course recipe's settings: a 2^(5-2) fraction of five two-level factors.
+
+    A phase-1 length: no phase 1 (a random head, ``head_epochs=0``) | 10 epochs of the head at 1e-3;
+    B backbone peak rate: 2e-4 | 1e-3; C epochs of phase 2 (top stages, then all): 0 + 7 | 1 + 6;
+    D the head's peak rate in phase 2 = A x C: 3e-3 | 1e-3; E layer decay = B x C: none | 0.9 a stage.
+    Each factor takes each of its two values in 4 of the 8 runs, and the phase-1 x backbone-rate interaction
+    is aliased only with D x E. The settings of commit c748b77 (10 + 1 + 6 epochs, 2e-4, 1e-3, no decay)
+    are the first run: a candidate, not a default. Every other field is ``Recipe``'s value, written out so
+    that a cell's key never depends on ``Recipe``'s defaults.
+    """
+    fixed = {"head_lr": 1e-3, "head_weight_decay": 1e-4, "weight_decay": 0.01, "label_smoothing": 0.1,
+             "restore_best": False, "accumulate": 2, "seed": 0}
+    grid = {}
+    for a, b, c in ((1, -1, 1), (1, 1, 1), (1, -1, -1), (1, 1, -1), (-1, -1, 1), (-1, 1, 1), (-1, -1, -1), (-1, 1, -1)):
+        d, e = a * c, b * c
+        s = {"head_epochs": 10 if a > 0 else 0, "backbone_lr": 1e-3 if b > 0 else 2e-4,
+             "top_epochs": 1 if c > 0 else 0, "all_epochs": 6 if c > 0 else 7,
+             "top_stages": 6, "finetune_head_lr": 1e-3 if d > 0 else 3e-3, "lr_decay": 0.9 if e > 0 else None}
+        name = (f"head{s['head_epochs']}-bb{s['backbone_lr']:g}-top{s['top_epochs']}all{s['all_epochs']}"
+                f"-fc{s['finetune_head_lr']:g}-decay{s['lr_decay'] or 'none'}")
+        grid[name] = fixed | s
+    return grid
+
+
+# The grid every fold's inner selection searches (python -m benchmarks.run): 8 training runs, each kept at
+# its last or at its best validation epoch, so 16 candidates. RULES: how a run's model is kept.
+GRID: dict[str, dict] = _fractional_grid()
+RULES = ("last", "best")
+# The entries whose settings are chosen inside each fold, and the grid points each chooses among:
+# the course's recipe (with phase 1) and the same recipe without phase 1 (a random head trained with the
+# rest from the first step: the control that isolates phase 1, chosen by the same rule from as many runs).
+ARMS: dict[str, Callable[[dict], bool]] = {
+    "two_phase": lambda s: s["head_epochs"] > 0,
+    "one_phase": lambda s: s["head_epochs"] == 0,
+}
 
 
 class FlipTTA(nn.Module):
@@ -415,7 +498,7 @@ def _with_transform(dataset: Dataset, transform: Callable) -> Dataset:
 
 
 def at_size(data: BenchData, image_size: int) -> BenchData:
-    """The same split (same images, same order, same limits) with every transform at ``image_size``."""
+    """The same fold (same images, same order, same limits) with every transform at ``image_size``."""
     if image_size == data.image_size:
         return data
     train_tf, eval_tf = train_transform(image_size), eval_transform(image_size)
@@ -430,8 +513,8 @@ def feature_probe(data: BenchData, backbones: tuple[str, ...], C: float, max_ite
 
     Each backbone (``load_pretrained(name)``, ``_fc`` = Identity, eval mode) sees the images at the data's
     size; their features of the training images (eval transform) are concatenated and fitted by
-    :func:`_logistic_head` with a fixed ``C`` (chosen on selection splits, so the validation part stays
-    unseen). Returns pixels -> ``ConcatFeatures`` -> ``nn.Linear``.
+    :func:`_logistic_head` with a fixed ``C`` (each value is its own candidate, compared on the validation
+    part). Returns pixels -> ``ConcatFeatures`` -> ``nn.Linear``.
     """
     bodies = [replace_head(load_pretrained(name, image_size=data.image_size).model, None, head=nn.Identity())
               for name in backbones]
@@ -441,31 +524,36 @@ def feature_probe(data: BenchData, backbones: tuple[str, ...], C: float, max_ite
 
 
 def best(data: BenchData, tta: bool = True, **settings) -> nn.Module:
-    """The best recipe found within 2 minutes a split on 2 cores, whatever its backbones and input size.
+    """The best recipe found within 2 minutes a fold on 2 cores, whatever its backbones and input size.
 
-    Source: this course's research entry (issue "honest numbers"). The candidates of ``BEST_CANDIDATES``
-    were ranked on the VALIDATION parts of splits 5-9 by ``python -m benchmarks.run --select-best``
-    (``benchmarks/best_selection.json``); the chosen one is ``BEST``, whose settings are the default.
-    The harness builds the data at ``recipe_image_size("best")``. Every candidate combines up to two
-    members:
+    Source: this course's research entry (issue "honest numbers"). Inside each fold the harness runs every
+    candidate of ``BEST_CANDIDATES`` on the fold's training part and keeps the one with the highest
+    accuracy on the fold's VALIDATION part (``python -m benchmarks.run``; the choices go to
+    ``results.json``), so the fold's test part plays no part. ``settings`` are one candidate's (the harness
+    builds the data at its ``image_size``). Every candidate combines up to two members:
 
     - fine-tuning (unless ``finetune=False``): :func:`two_phase_recipe` (``tl_helpers.recipe.two_phase``),
-      ``settings`` overriding ``Recipe``'s fields, on the images at ``finetune_size`` (default: the data's
-      size; a smaller one is trained on its own copy of the split and fed through :class:`Resized`);
-      ``tta`` averages its logits with those of the mirror image (:class:`FlipTTA`)
+      ``settings`` overriding ``Recipe``'s fields (the fold's own choice from :data:`GRID`), on the images
+      at ``finetune_size`` (default: the data's size; a smaller one is trained on its own copy of the fold
+      and fed through :class:`Resized`); ``tta`` averages its logits with those of the mirror image
+      (:class:`FlipTTA`)
     - a probe (``probe_backbones``, a tuple of ``load_pretrained`` names): :func:`feature_probe` with
       ``probe_C``, on the images at the data's size
     - two members are averaged in probability (:class:`ProbabilityMean`)
     """
-    settings = dict(settings or best_overrides(BEST))  # called with no settings: the chosen candidate
+    if not settings:
+        raise ValueError("best(data, **settings) runs one candidate: pass one of BEST_CANDIDATES' settings "
+                         "(the harness chooses among them on each fold's validation part).")
+    settings = dict(settings)
     tta = settings.pop("tta", tta)
     probe_backbones = tuple(settings.pop("probe_backbones", ()))
     probe_C = settings.pop("probe_C", 0.1)
     finetune = settings.pop("finetune", True)
     finetune_size = settings.pop("finetune_size", None) or data.image_size
+    settings.pop("image_size", None)
     members = []
     if finetune:
-        model = two_phase_recipe(at_size(data, finetune_size), **settings)
+        model, _ = two_phase_recipe(at_size(data, finetune_size), **settings)
         model = FlipTTA(model) if tta else model
         members.append(model if finetune_size == data.image_size else Resized(model, finetune_size))
     if probe_backbones:
@@ -475,7 +563,7 @@ def best(data: BenchData, tta: bool = True, **settings) -> nn.Module:
     return (members[0] if len(members) == 1 else ProbabilityMean(members)).eval()
 
 
-best.default_settings = lambda: _two_phase_defaults() | best_overrides(BEST)
+best.default_settings = dict
 
 
 # ------------------------------------------------------------------------------------------------
@@ -700,21 +788,19 @@ def keras_guide(data: BenchData, head_epochs: int = 20, head_lr: float = 1e-3, f
 # Registry: name -> (function, settings that shrink it to one optimisation step per phase)
 # ------------------------------------------------------------------------------------------------
 
-RECIPES: dict[str, Callable] = {  # default run order: cheapest first
+RECIPES: dict[str, Callable] = {  # default run order: the course's grid first, then cheapest first
+    "two_phase": two_phase_recipe,     # run once per GRID point; the entries two_phase and one_phase are chosen
     "linear_probe": linear_probe,
-    "one_phase": one_phase,
-    "two_phase": two_phase_recipe,
+    "best": best,                      # run once per BEST_CANDIDATES entry; the entry best is chosen
     "fastai_fine_tune": fastai_fine_tune,
-    "scratch": scratch,
     "keras_guide": keras_guide,
-    "pytorch_tutorial": pytorch_tutorial,
     "scratch_resnet18": scratch_resnet18,
-    "best": best,
+    "pytorch_tutorial": pytorch_tutorial,
+    "scratch": scratch,
 }
 
 SMOKE: dict[str, dict] = {
     "linear_probe": {"Cs": (1.0,), "max_iter": 50},
-    "one_phase": {"epochs": 1},
     "two_phase": {"head_epochs": 1, "top_epochs": 1, "all_epochs": 1},
     "fastai_fine_tune": {"epochs": 1, "freeze_epochs": 1},
     "scratch": {"epochs": 1},
@@ -724,54 +810,54 @@ SMOKE: dict[str, dict] = {
 }
 
 COURSE_RECIPE = "two_phase"
+# Entries of the results that are chosen inside each fold rather than run with fixed settings.
+SELECTED = ("two_phase", "one_phase", "best")
 
-# Candidate settings of the course's recipe (overrides of tl_helpers.recipe.Recipe), compared by
-# `python -m benchmarks.run --select` on the VALIDATION parts of selection splits 5-9 only. The test parts
-# of splits 0-4, which the results report, play no part in the choice (benchmarks/README.md, "Protocol").
-CANDIDATES: dict[str, dict] = {
-    "brief_head": {},                                            # Recipe() as it stood: head 10 epochs at 1e-3
-    "converged_head": {"head_epochs": 100, "head_lr": 1e-2},     # the head trained to convergence first
-}
-SELECTION_SPLITS = (5, 6, 7, 8, 9)
-# Backbone learning rates of the sweep "when does phase 1 matter?" (one_phase and two_phase, splits 0-4).
-# The default 2e-4 comes from the main run's cells (same settings, same cache entry). Phase 1 should matter
-# most where the random head's large gradients can do the most damage: at high backbone rates.
-LR_SWEEP = (2e-4, 1e-3, 3e-3)
-
-# Candidates of the `best` entry: (input size, overrides of Recipe), ranked by `--select-best` on the
-# validation parts of splits 5-9 (benchmarks/best_selection.json). Each must train in under 2 minutes a
-# split on 2 cores. BEST is the chosen one: the default settings of `best` and its input size.
+# Candidates of the `best` entry (input size and settings), chosen inside each fold on its validation part.
+# Each must train in under 2 minutes a fold on 2 idle cores: the course's recipe at 160 or 192 px with flip
+# test-time augmentation took 221 and 208 s a split when last measured (best_selection.json of 2026-11-26, since removed),
+# so they are not candidates any more. The ensemble's fine-tuned member uses the fold's own two_phase choice.
 # Settings beyond Recipe's: `finetune`, `finetune_size`, `tta`, `probe_backbones`, `probe_C` (see `best`).
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 BEST_CANDIDATES: dict[str, dict] = {
-    "flip_160": {"image_size": 160},                       # the images' own size, flip test-time augmentation
-    "flip_192": {"image_size": 192},                       # upsampled: the probe gained most from 192 px
     # three frozen backbones at 192 px, one logistic regression on their concatenated features
     "probe3_192_C0.1": {"image_size": 192, "finetune": False, "probe_backbones": LITES, "probe_C": 0.1},
     "probe3_192_C0.3": {"image_size": 192, "finetune": False, "probe_backbones": LITES, "probe_C": 0.3},
-    # that probe averaged with the course's recipe fine-tuned at 128 px (no flip)
+    # that probe averaged with the course's recipe fine-tuned at 128 px (the fold's two_phase choice, no flip)
     "probe3_192+two_phase_128": {"image_size": 192, "finetune_size": 128, "tta": False,
                                  "probe_backbones": LITES, "probe_C": 0.1},
 }
 BEST_DESCRIPTIONS = {
-    "flip_160": "the course's recipe at 160 px, flip TTA",
-    "flip_192": "the course's recipe at 192 px, flip TTA",
     "probe3_192_C0.1": "Lite0+Lite1+Lite2 features at 192 px, one logistic regression (C 0.1)",
     "probe3_192_C0.3": "Lite0+Lite1+Lite2 features at 192 px, one logistic regression (C 0.3)",
     "probe3_192+two_phase_128": "Lite0+Lite1+Lite2 probe at 192 px averaged with the course's recipe at 128 px",
 }
-BEST = "probe3_192+two_phase_128"
+BEST_DESCRIPTION = ("the best of three candidates chosen on each fold's validation part: a logistic regression on "
+                    "Lite0+Lite1+Lite2 features at 192 px (C 0.1 or 0.3), or that probe averaged with the course's "
+                    "recipe at 128 px")
 
 
-def recipe_image_size(recipe: str) -> int:
-    """The input size a recipe is benchmarked at: 128 px for all but ``best`` (its chosen candidate's)."""
-    return BEST_CANDIDATES[BEST]["image_size"] if recipe == "best" else IMAGE_SIZE
+def candidate_image_size(candidate: str) -> int:
+    """The input size a `best` candidate is run at.
+
+    >>> candidate_image_size("probe3_192_C0.1")
+    192
+    """
+    return BEST_CANDIDATES[candidate]["image_size"]
 
 
-def best_overrides(candidate: str) -> dict:
-    """A `best` candidate's overrides of ``Recipe`` (everything but its image size)."""
-    return {k: v for k, v in BEST_CANDIDATES[candidate].items() if k != "image_size"}
+def best_overrides(candidate: str, course: dict | None = None) -> dict:
+    """A `best` candidate's settings (everything but its image size); one with a fine-tuned member also gets
+    ``course``, the fold's chosen settings of the course's recipe.
+
+    >>> best_overrides("probe3_192_C0.3")["probe_C"]
+    0.3
+    """
+    out = {k: v for k, v in BEST_CANDIDATES[candidate].items() if k != "image_size"}
+    if out.get("finetune", True):
+        out = dict(course or {}) | out
+    return out
 
 
-# `best` given settings runs exactly them (they are a whole candidate), so its smoke settings start from BEST's.
-SMOKE["best"] = best_overrides(BEST) | {"head_epochs": 1, "top_epochs": 1, "all_epochs": 1}
+SMOKE["best"] = best_overrides("probe3_192+two_phase_128", GRID[next(iter(GRID))]) | {
+    "head_epochs": 1, "top_epochs": 1, "all_epochs": 1, "finetune_size": 32}

@@ -1,23 +1,30 @@
-"""`make bench`: every recipe on the same Clipart-8 splits, plus two speed measurements.
+"""`make bench`: every recipe on the same folds of Clipart-8, plus two speed measurements.
 
-    .venv/bin/python -m benchmarks.run                      # all recipes, splits 0..4
-    .venv/bin/python -m benchmarks.run --recipes linear_probe,keras_guide --splits 3
+    .venv/bin/python -m benchmarks.run                      # all recipes, folds 0..4
+    .venv/bin/python -m benchmarks.run --recipes linear_probe,keras_guide --folds 3
     .venv/bin/python -m benchmarks.run --quick              # smoke run: tiny data, one step, ~1 min
     make bench BENCH_ARGS="--recipes scratch --force"
 
-For each recipe and split seed k (``clipart_splits(..., seed=k)``: stratified 60/15/25) the recipe
-trains EfficientNet-Lite0 at 128 px (``train_transform(128)`` for training, ``eval_transform(128)`` for
-val/test, batch size 32, torch threads = all cores) and returns a model; its test accuracy is measured
-here, identically for every recipe (eval mode, plain eval transform, no TTA), with the wall seconds of
-the recipe call (loading the weights and training, including its validation passes; not the test pass).
+The design (benchmarks/README.md, "Protocol"): grouped, stratified 5-fold cross-validation. Fold k tests on
+part k of the images (the five test parts are disjoint; near-duplicate groups never straddle parts); the
+other four parts are split into a training and a validation part (``make_data(k)``: about 60/20/20). Every
+recipe trains on the training part and chooses whatever it chooses (epochs, C...) on the validation part;
+its test accuracy is measured here, identically for every recipe (eval mode, plain eval transform, no TTA),
+with the wall seconds of the recipe call (loading the weights and training, including its validation passes;
+not the test pass).
 
-Each (recipe, split) result is cached as JSON in ``benchmarks/cache/clipart8/<recipe>/split<k>.json``
-(git-ignored): an interrupted run resumes, and a rerun only computes missing cells. A cell is recomputed
-when the recipe's settings (its keyword defaults), the image size or the batch size change, or with
-``--force``. Edit a recipe's code without changing its defaults? Use ``--force --recipes NAME``.
+Three entries are *chosen inside each fold* (nested selection, ``benchmarks/nested.py``): ``two_phase`` (the
+course's recipe) and ``one_phase`` (the same without phase 1) among the training runs of ``GRID``, each kept
+at its last or best validation epoch, and ``best`` among ``BEST_CANDIDATES``, by validation accuracy only.
+
+Each (recipe, fold, variant) result is cached as JSON in ``benchmarks/cache/clipart8/<recipe>[@tag]/fold<k>.json``:
+an interrupted run resumes, and a rerun only computes missing cells. A cell is recomputed when the recipe's
+settings (its keyword defaults, or the grid point's), the image size, the batch size, the dataset's groups or
+``CODE_VERSION`` change, or with ``--force``. Edit a recipe's code without changing its defaults? Use
+``--force --recipes NAME``.
 
 Writes ``benchmarks/results.json`` and ``benchmarks/results.md`` (after every finished cell) from all
-cached cells: recipes with every split done under ``clipart8``; the others under ``incomplete`` and
+cached cells: entries with every fold done under ``clipart8``; the others under ``incomplete`` and
 marked as such in the table. ``--quick`` writes under ``benchmarks/cache/quick/`` instead and never
 touches the committed results.
 
@@ -31,7 +38,6 @@ Also measured (cached in ``cache/measurements.json``, ``--force`` or ``--remeasu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
 import json
 import math
@@ -54,17 +60,21 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.recipes import (BATCH_SIZE, BEST, BEST_CANDIDATES, BEST_DESCRIPTIONS, CANDIDATES, CODE_VERSION, COURSE_RECIPE, IMAGE_SIZE, LR_SWEEP,
-                                RECIPES, SELECTION_SPLITS, SMOKE, BenchData, _two_phase_defaults, accuracy_of,
-                                best_overrides, correct_of, make_data, recipe_image_size)  # noqa: E402
+from benchmarks.nested import candidate_scores, choose  # noqa: E402
+from benchmarks.recipes import (ARMS, BATCH_SIZE, BEST_CANDIDATES, BEST_DESCRIPTION, BEST_DESCRIPTIONS,  # noqa: E402
+                                CODE_VERSION, COURSE_RECIPE, FOLDS, GRID, IMAGE_SIZE, RECIPES, RULES, SELECTED,
+                                SMOKE, BenchData, accuracy_of, best_overrides, candidate_image_size, correct_of,
+                                make_data)
 from tl_helpers.benchmark_results import comparison_table, paired_rows, stale_note, update_readme  # noqa: E402
 from tl_helpers.data import dataset_fingerprint  # noqa: E402
+from tl_helpers.evaluate import interval  # noqa: E402
 from tl_helpers.files import atomic_write  # noqa: E402
 from tl_helpers.runtime import seed_everything  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATASET = "clipart8"
-DEFAULT_SPLITS = 5
+DEFAULT_FOLDS = FOLDS
+FIXED = "fixed"  # the cell name of the manifest's fixed split (the notebooks' split), for --select-chapter
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,7 +101,7 @@ def _now() -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Cells: one recipe on one split
+# Cells: one recipe (one grid point, one candidate) on one fold
 # ------------------------------------------------------------------------------------------------
 
 def recipe_settings(fn: Callable, overrides: dict | None = None, defaults: dict | None = None) -> dict:
@@ -100,22 +110,27 @@ def recipe_settings(fn: Callable, overrides: dict | None = None, defaults: dict 
     params = inspect.signature(fn).parameters
     settings = {k: p.default for k, p in params.items()
                 if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
-    if defaults is None:  # recipes configured by an object (the course's Recipe) or a chosen candidate
+    if defaults is None:  # recipes configured by an object (the course's Recipe)
         defaults = fn.default_settings() if hasattr(fn, "default_settings") else {}
     settings.update(defaults)
     settings.update(overrides or {})
     return json.loads(json.dumps(settings, default=str))
 
 
-def cell_path(cache: Path, recipe: str, split: int, tag: str | None = None) -> Path:
-    """Where one cell is cached; ``tag`` names a variant of a recipe (a selection candidate, a sweep point)."""
-    return cache / DATASET / (f"{recipe}@{tag}" if tag else recipe) / f"split{split}.json"
+def fold_name(fold: int | None) -> str:
+    """``fold3``, or ``fixed`` for the manifest's fixed split."""
+    return FIXED if fold is None else f"fold{fold}"
 
 
-def cell_config(recipe: str, split: int, data_kwargs: dict, overrides: dict | None = None,
+def cell_path(cache: Path, recipe: str, fold: int | None, tag: str | None = None) -> Path:
+    """Where one cell is cached; ``tag`` names a variant of a recipe (a grid point, a `best` candidate)."""
+    return cache / DATASET / (f"{recipe}@{tag}" if tag else recipe) / f"{fold_name(fold)}.json"
+
+
+def cell_config(recipe: str, fold: int | None, data_kwargs: dict, overrides: dict | None = None,
                 defaults: dict | None = None) -> dict:
-    data_kwargs = {"image_size": recipe_image_size(recipe)} | data_kwargs
-    return {"recipe": recipe, "split": split, "dataset": dataset_fingerprint(), "code_version": CODE_VERSION,
+    return {"recipe": recipe, "fold": fold, "folds": FOLDS, "dataset": dataset_fingerprint(),
+            "code_version": CODE_VERSION,
             "image_size": data_kwargs.get("image_size", IMAGE_SIZE),
             "batch_size": data_kwargs.get("batch_size", BATCH_SIZE), "limit": data_kwargs.get("limit"),
             "max_batches": data_kwargs.get("max_batches"),
@@ -131,97 +146,258 @@ def load_cell(path: Path, config: dict) -> dict | None:
     return cell if cell.get("config") == config else None
 
 
-def run_cell(recipe: str, split: int, cache: Path, force: bool = False, data_kwargs: dict | None = None,
+def _scores(model: nn.Module, data: BenchData) -> dict:
+    """Test and validation accuracy of ``model`` and which images it gets right."""
+    correct, val_correct = correct_of(model, data), correct_of(model, data, "val")
+    return {"acc": 100.0 * sum(correct) / len(correct), "val_acc": 100.0 * sum(val_correct) / len(val_correct),
+            "correct": correct, "val_correct": val_correct}
+
+
+def run_cell(recipe: str, fold: int | None, cache: Path, force: bool = False, data_kwargs: dict | None = None,
              overrides: dict | None = None, log: Callable[[str], None] = print, tag: str | None = None,
              defaults: dict | None = None) -> dict:
-    """Run ``recipe`` on split ``split`` (or read its cached result) and return the cell dict.
+    """Run ``recipe`` on fold ``fold`` (or read its cached result) and return the cell dict.
 
-    ``defaults`` replaces the recipe's ``default_settings()`` in the cell's key (a `best` candidate is a
-    whole set of settings, not an override of the chosen one's).
-
-    Raises NotImplementedError when the recipe is not written yet (the course's hook).
+    ``defaults`` replaces the recipe's ``default_settings()`` in the cell's key (a grid point or a `best`
+    candidate is a whole set of settings, so the key never depends on ``Recipe``'s defaults). A recipe that
+    returns ``(model, info)`` with ``info["models"]`` (e.g. the same run kept at its best validation epoch)
+    gets each of those scored too, under ``variants``.
     """
     data_kwargs = dict(data_kwargs or {})
-    config = cell_config(recipe, split, data_kwargs, overrides, defaults)
-    path = cell_path(cache, recipe, split, tag)
+    config = cell_config(recipe, fold, data_kwargs, overrides, defaults)
+    path = cell_path(cache, recipe, fold, tag)
     if not force:
         cached = load_cell(path, config)
         if cached is not None:
-            log(f"  {recipe:17s} {tag or ''} split {split}: val {cached.get('val_acc', float('nan')):5.1f} %  "
+            log(f"  {recipe:17s} {tag or ''} {fold_name(fold)}: val {cached.get('val_acc', float('nan')):5.1f} %  "
                 f"{cached['seconds']:6.1f} s  (cached)")
             return cached
-    data = make_data(split, **({"image_size": recipe_image_size(recipe)} | data_kwargs))
-    seed_everything(split)
-    start = time.perf_counter()
+    data = make_data(fold, **data_kwargs)
+    seed_everything(0 if fold is None else fold)
+    start, cpu = time.perf_counter(), time.process_time()
     out = RECIPES[recipe](data, **(overrides or {}))
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     model, info = out if isinstance(out, tuple) else (out, {})
-    acc = accuracy_of(model, data)
-    val_acc = accuracy_of(model, data, "val")
-    cell = {"recipe": recipe, "split": split, "acc": acc, "val_acc": val_acc, "seconds": seconds,
-            "n_test": len(data.test), "correct": correct_of(model, data),
+    info = dict(info)
+    variants = info.pop("models", {})
+    cell = {"recipe": recipe, "fold": fold, **_scores(model, data), "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+            "variants": {name: _scores(m, data) for name, m in variants.items()},
             "info": info, "config": config, "torch": torch.__version__, "machine": machine(), "date": _now()}
     atomic_write(path, json.dumps(cell, indent=1, default=str))
-    log(f"  {recipe:17s} {tag or ''} split {split}: val {val_acc:5.1f} %  {seconds:6.1f} s")
+    log(f"  {recipe:17s} {tag or ''} {fold_name(fold)}: val {cell['val_acc']:5.1f} %  {seconds:6.1f} s")
     return cell
+
+
+# ------------------------------------------------------------------------------------------------
+# Nested selection inside a fold: the course's grid and the `best` candidates
+# ------------------------------------------------------------------------------------------------
+
+def grid_cells(fold: int | None, cache: Path, force: bool = False, data_kwargs: dict | None = None,
+               log: Callable[[str], None] = print, run: bool = True,
+               grid: dict[str, dict] = GRID) -> dict[str, dict]:
+    """Every grid point of the course's recipe trained on fold ``fold`` (run, or read back; ``run=False``
+    only reads back, leaving out the points not done yet)."""
+    out = {}
+    for name, settings in grid.items():
+        s = settings | (SMOKE[COURSE_RECIPE] if (data_kwargs or {}).get("max_batches") else {})
+        if run:
+            out[name] = run_cell(COURSE_RECIPE, fold, cache, force, data_kwargs, s, log, tag=f"grid-{name}",
+                                 defaults={})
+        else:
+            cell = load_cell(cell_path(cache, COURSE_RECIPE, fold, f"grid-{name}"),
+                             cell_config(COURSE_RECIPE, fold, data_kwargs or {}, s, {}))
+            if cell is not None:
+                out[name] = cell
+    return out
+
+
+def grid_scores(cells: dict[str, dict]) -> dict[str, float]:
+    """``{"<grid point>@<rule>": validation score}`` in the declared order (last before best)."""
+    return {f"{name}@{rule}": score for name, cell in cells.items()
+            for rule, score in candidate_scores(cell).items() if rule in RULES}
+
+
+def select_arm(arm: str, cells: dict[str, dict], grid: dict[str, dict] = GRID) -> dict | None:
+    """The entry ``arm`` (two_phase or one_phase) on one fold: the grid candidate of that arm with the best
+    validation score, as a cell (its test result, its training seconds) with the choice and every score.
+    None while a grid point of the arm is missing."""
+    names = [n for n in grid if ARMS[arm](grid[n])]
+    if any(n not in cells for n in names):
+        return None
+    scores = grid_scores({n: cells[n] for n in names})
+    chosen = choose(scores)
+    name, rule = chosen.split("@")
+    cell = cells[name]
+    result = cell["variants"].get(rule, cell) if rule != "last" else cell
+    return {"recipe": arm, "fold": cell["fold"], "acc": result["acc"], "val_acc": result["val_acc"],
+            "correct": result["correct"], "val_correct": result["val_correct"], "seconds": cell["seconds"],
+            "cpu_seconds": cell.get("cpu_seconds"), "selection_seconds": sum(cells[n]["seconds"] for n in names),
+            "selection_cpu_seconds": _sum_or_none(cells[n].get("cpu_seconds") for n in names), "n_train": cell["n_train"],
+            "n_val": cell["n_val"], "n_test": cell["n_test"], "chosen": chosen,
+            "settings": grid[name] | {"restore_best": rule == "best"},
+            "scores": {k: round(100 * v, 2) for k, v in scores.items()},
+            "torch": cell.get("torch"), "date": cell.get("date")}
+
+
+def best_cells(fold: int, course: dict, cache: Path, force: bool = False, log: Callable[[str], None] = print,
+               quick: dict | None = None, run: bool = True) -> dict[str, dict]:
+    """Every `best` candidate on fold ``fold``; ``course`` is the fold's chosen two_phase settings (the
+    ensemble's fine-tuned member)."""
+    out = {}
+    for name in BEST_CANDIDATES:
+        data_kwargs = {"image_size": candidate_image_size(name)} | (quick or {})
+        overrides = best_overrides(name, course)
+        if quick:
+            overrides |= {k: 1 for k in ("head_epochs", "top_epochs", "all_epochs") if k in overrides}
+            if "finetune_size" in overrides:
+                overrides["finetune_size"] = data_kwargs["image_size"] // 2
+        if run:
+            out[name] = run_cell("best", fold, cache, force, data_kwargs, overrides, log, tag=f"cand-{name}",
+                                 defaults={})
+        else:
+            cell = load_cell(cell_path(cache, "best", fold, f"cand-{name}"),
+                             cell_config("best", fold, data_kwargs, overrides, {}))
+            if cell is not None:
+                out[name] = cell
+    return out
+
+
+def _sum_or_none(values) -> float | None:
+    """The sum, or None when a value is missing (cells made before CPU time was recorded)."""
+    values = list(values)
+    return None if any(v is None for v in values) else float(sum(values))
+
+
+def select_best(cells: dict[str, dict]) -> dict | None:
+    """The entry ``best`` on one fold: the candidate with the highest validation accuracy (ties to the first
+    listed), as a cell with the choice and every candidate's validation accuracy. None while one is missing."""
+    if any(n not in cells for n in BEST_CANDIDATES):
+        return None
+    scores = {n: cells[n]["val_acc"] / 100 for n in BEST_CANDIDATES}
+    chosen = choose(scores)
+    cell = cells[chosen]
+    return {"recipe": "best", "fold": cell["fold"], "acc": cell["acc"], "val_acc": cell["val_acc"],
+            "correct": cell["correct"], "val_correct": cell["val_correct"], "seconds": cell["seconds"],
+            "cpu_seconds": cell.get("cpu_seconds"), "selection_seconds": sum(c["seconds"] for c in cells.values()),
+            "selection_cpu_seconds": _sum_or_none(c.get("cpu_seconds") for c in cells.values()), "n_train": cell["n_train"],
+            "n_val": cell["n_val"], "n_test": cell["n_test"], "chosen": chosen,
+            "scores": {k: round(100 * v, 2) for k, v in scores.items()},
+            "torch": cell.get("torch"), "date": cell.get("date")}
 
 
 # ------------------------------------------------------------------------------------------------
 # Results
 # ------------------------------------------------------------------------------------------------
 
-def summarize(cells: dict[str, list[dict]], n_splits: int) -> tuple[dict, dict]:
-    """(complete, incomplete): per recipe mean/std (sample std, ddof=1) of accuracy and mean seconds."""
+def summarize(cells: dict[str, list[dict]], n_folds: int, ratio: float | None = None) -> tuple[dict, dict]:
+    """(complete, incomplete): per entry the mean accuracy over the folds with its 95 % interval (corrected
+    t with ``ratio`` = n_test / n_train), the sample std (ddof=1), the per-fold accuracies and choices, and
+    the mean seconds."""
     complete, incomplete = {}, {}
     for recipe, rows in cells.items():
-        rows = sorted(rows, key=lambda c: c["split"])
+        rows = sorted(rows, key=lambda c: c["fold"])
         accs = [round(c["acc"], 2) for c in rows]
+        iv = interval(accs, test_train_ratio=ratio) if len(accs) > 1 else None
         entry = {"mean": round(statistics.fmean(accs), 2) if accs else None,
                  "std": round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
+                 "low": round(iv.low, 2) if iv else None, "high": round(iv.high, 2) if iv else None,
                  "seconds": round(statistics.fmean(c["seconds"] for c in rows), 1) if rows else None,
                  "splits": accs,
                  "val_splits": [round(c["val_acc"], 2) for c in rows if "val_acc" in c],
                  "runs": sorted({f"torch {c.get('torch', '?')}, {str(c.get('date', '?'))[:10]}" for c in rows})}
-        if len(rows) == n_splits:
+        cpu = [c.get("cpu_seconds") for c in rows]
+        if rows and None not in cpu:   # CPU time of the process (all threads): what the load does not inflate
+            entry["cpu_seconds"] = round(statistics.fmean(cpu), 1)
+        if any("chosen" in c for c in rows):
+            entry["chosen"] = [c["chosen"] for c in rows]
+            entry["selection_seconds"] = round(statistics.fmean(c["selection_seconds"] for c in rows), 1)
+            sel_cpu = [c.get("selection_cpu_seconds") for c in rows]
+            if None not in sel_cpu:
+                entry["selection_cpu_seconds"] = round(statistics.fmean(sel_cpu), 1)
+        if len(rows) == n_folds:
             complete[recipe] = entry
         elif rows:
-            incomplete[recipe] = entry | {"splits_done": [c["split"] for c in rows], "splits_wanted": n_splits}
+            incomplete[recipe] = entry | {"splits_done": [c["fold"] for c in rows], "splits_wanted": n_folds}
     return complete, incomplete
 
 
-def collect(cache: Path, recipes: list[str], n_splits: int, data_kwargs: dict | None = None,
-            overrides: dict[str, dict] | None = None) -> dict[str, list]:
-    """Every cached cell (with the current settings) of ``recipes`` on splits 0..n_splits-1."""
-    out = {}
+def collect(cache: Path, recipes: list[str], n_folds: int, data_kwargs: dict | None = None,
+            quick: bool = False) -> tuple[dict[str, list], dict]:
+    """Every cached cell (with the current settings) of ``recipes`` on folds 0..n_folds-1, the selected
+    entries built from the grid and candidate cells; and the per-fold selections."""
+    out: dict[str, list] = {}
+    selection: dict[str, dict] = {}
+    data_kwargs = data_kwargs or {}
     for recipe in recipes:
-        rows = []
-        for split in range(n_splits):
-            config = cell_config(recipe, split, data_kwargs or {}, (overrides or {}).get(recipe))
-            cell = load_cell(cell_path(cache, recipe, split), config)
-            if cell is not None:
-                rows.append(cell)
-        out[recipe] = rows
-    return out
+        if recipe == COURSE_RECIPE:
+            for arm in ARMS:
+                out[arm] = []
+            for fold in range(n_folds):
+                cells = grid_cells(fold, cache, data_kwargs=data_kwargs, run=False)
+                for arm in ARMS:
+                    entry = select_arm(arm, cells)
+                    if entry is not None:
+                        out[arm].append(entry)
+                        selection.setdefault(arm, {})[fold_name(fold)] = {
+                            k: entry[k] for k in ("chosen", "scores", "settings")}
+        elif recipe == "best":
+            out["best"] = []
+            for fold in range(n_folds):
+                course = next((c["settings"] for c in out.get(COURSE_RECIPE, []) if c["fold"] == fold), None)
+                if course is None:
+                    continue
+                entry = select_best(best_cells(fold, course, cache, quick=data_kwargs if quick else None, run=False))
+                if entry is not None:
+                    out["best"].append(entry)
+                    selection.setdefault("best", {})[fold_name(fold)] = {k: entry[k] for k in ("chosen", "scores")}
+        else:
+            rows = []
+            for fold in range(n_folds):
+                config = cell_config(recipe, fold, data_kwargs, SMOKE[recipe] if quick else None)
+                cell = load_cell(cell_path(cache, recipe, fold), config)
+                if cell is not None:
+                    rows.append(cell)
+            out[recipe] = rows
+    return out, selection
 
 
-def write_results(out_dir: Path, complete: dict, incomplete: dict, measurements: dict, command: str,
-                  n_splits: int, machine_line: str | None = None, image_size: int = IMAGE_SIZE,
+def design(cells: dict[str, list]) -> dict:
+    """The reporting design, with the mean sizes of the folds' parts (for the corrected t)."""
+    rows = [c for entry in cells.values() for c in entry]
+    n_test = statistics.fmean(c["n_test"] for c in rows) if rows else None
+    n_learn = statistics.fmean(c["n_train"] + c["n_val"] for c in rows) if rows else None
+    return {"kind": f"grouped, stratified {FOLDS}-fold cross-validation; settings chosen inside each fold on its "
+                    "validation part (nested)",
+            "folds": FOLDS, "n_train": round(n_learn, 1) if n_learn else None,
+            "n_test": round(n_test, 1) if n_test else None,
+            "test_train_ratio": round(n_test / n_learn, 4) if rows else 1 / (FOLDS - 1),
+            "interval": "95 % corrected resampled t over the folds (Nadeau & Bengio 2003; for k-fold "
+                        "cross-validation as in Bouckaert & Frank 2004): variance x (1/k + n_test/n_train), "
+                        "k - 1 degrees of freedom"}
+
+
+def write_results(out_dir: Path, cells: dict[str, list], selection: dict, measurements: dict, command: str,
+                  n_folds: int, machine_line: str | None = None, image_size: int = IMAGE_SIZE,
                   batch_size: int = BATCH_SIZE) -> dict:
     """Write ``results.json`` and ``results.md`` into ``out_dir``; return the JSON dict."""
-    results = {DATASET: complete, "course_recipe": COURSE_RECIPE}
+    plan = design(cells)
+    complete, incomplete = summarize(cells, n_folds, plan["test_train_ratio"])
+    results = {DATASET: complete, "course_recipe": COURSE_RECIPE, "design": plan}
     if incomplete:
         results["incomplete"] = incomplete
     if COURSE_RECIPE in complete:
         results["paired"] = paired_rows(results)
     if "best" in complete or "best" in incomplete:
-        results["best_entry"] = {"candidate": BEST, "description": BEST_DESCRIPTIONS[BEST],
-                                 "image_size": recipe_image_size("best"), "settings": best_overrides(BEST)}
+        results["best_entry"] = {"description": BEST_DESCRIPTION, "candidates": BEST_DESCRIPTIONS}
+    results["selection"] = selection
+    results["grid"] = GRID
     results["phase1_speedup"] = measurements.get("phase1_speedup")
     results["loop_overhead"] = measurements.get("loop_overhead")
     if measurements:
         results["measurements"] = measurements
-    results.update({"dataset": dataset_fingerprint(), "splits": list(range(n_splits)), "image_size": image_size, "batch_size": batch_size,
-                    "backbone": "efficientnet_lite0", "machine": machine_line or machine(),
+    results.update({"dataset": dataset_fingerprint(), "splits": list(range(n_folds)), "image_size": image_size,
+                    "batch_size": batch_size, "backbone": "efficientnet_lite0", "machine": machine_line or machine(),
                     "command": command, "date": _now(), "torch": torch.__version__})
     atomic_write(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
     atomic_write(out_dir / "results.md", results_markdown(results))
@@ -231,19 +407,26 @@ def write_results(out_dir: Path, complete: dict, incomplete: dict, measurements:
 def results_markdown(results: dict) -> str:
     """The results as a Markdown table with the machine, command and date."""
     n = len(results["splits"])
+    plan = results.get("design", {})
+    unit = plan.get("unit", "fold")
     lines = [f"# Benchmarks: Clipart-8, EfficientNet-Lite0, {results['image_size']} px",
              "",
-             f"Test accuracy over {n} splits (seeds {results['splits'][0]}-{results['splits'][-1]}, about "
-             f"60/15/25 train/val/test, stratified by class, near-duplicate groups never in two parts), mean ± "
-             f"sample std; seconds: mean wall time of one split (loading the weights and training, validation "
-             f"included; test pass excluded). No setting of any recipe was chosen on these test parts "
-             f"(the protocol: benchmarks/README.md).",
+             plan.get("summary") or (
+                 f"Test accuracy over the {n} folds of grouped, stratified {plan.get('folds', n)}-fold cross-validation "
+                 f"(each image is tested once; each fold learns from the other four parts, split about 3:1 into "
+                 f"training and validation; near-duplicate groups never in two parts): mean, its 95 % interval "
+                 f"(corrected resampled t, n_test/n_train {plan.get('test_train_ratio', float('nan')):.3f}) and the "
+                 f"accuracy of each fold; seconds: mean wall time of one fold (loading the weights and training, "
+                 f"validation included; test pass excluded). Every setting that an entry chooses (the course's "
+                 f"recipe, one-phase fine-tuning and best among their candidates, the probe's C, the tutorial's "
+                 f"epoch) is chosen inside each fold on its validation part, never on a test part (the protocol: "
+                 f"benchmarks/README.md)."),
              "",
              *([f"**Note.** {stale_note(results)}", ""] if stale_note(results) else []),
-             "| recipe | mean (%) | std | seconds / split | per split (%) |",
-             "|---|---:|---:|---:|---|"]
+             f"| recipe | mean (%) | 95 % interval | seconds / {unit} | per {unit} (%) |",
+             "|---|---:|---|---:|---|"]
     rows = [(name, e, "") for name, e in results[DATASET].items()]
-    rows += [(name, e, f" (incomplete: {len(e['splits'])}/{n} splits)")
+    rows += [(name, e, f" (incomplete: {len(e['splits'])}/{n} folds)")
              for name, e in results.get("incomplete", {}).items()]
     rows.sort(key=lambda r: -(r[1]["mean"] or 0))
     for name, e, note in rows:
@@ -251,11 +434,19 @@ def results_markdown(results: dict) -> str:
         if name == "best" and results.get("best_entry"):
             label += f" ({results['best_entry']['description']})"
         per = " / ".join(f"{a:.1f}" for a in e["splits"])
-        lines.append(f"| {label}{note} | {e['mean']:.1f} | {e['std']:.1f} | {e['seconds']:.0f} | {per} |")
+        iv = f"{e['low']:.1f} to {e['high']:.1f}" if e.get("low") is not None else "-"
+        lines.append(f"| {label}{note} | {e['mean']:.1f} | {iv} | {e['seconds']:.0f} | {per} |")
     lines.append("")
+    chosen = {name: e for name, e in results[DATASET].items() if e.get("chosen")}
+    if chosen:
+        lines += ["Chosen inside each fold on its validation part (seconds: the whole selection, a fold):", ""]
+        for name, e in chosen.items():
+            lines.append(f"- {name} ({e.get('selection_seconds', float('nan')):.0f} s): " + "; ".join(
+                f"fold {k}: {c}" for k, c in enumerate(e["chosen"])))
+        lines.append("")
     if results.get("paired"):
-        lines += ["Paired by split, the course's recipe against each other recipe: mean difference of test "
-                  "accuracy and its 95 % t-interval over the splits. Ahead or behind only when the interval "
+        lines += [f"Paired by {unit}, the course's recipe against each other entry: mean difference of test "
+                  f"accuracy and its 95 % corrected interval over the {unit}s. Ahead or behind only when the interval "
                   "excludes zero; tie otherwise.", "", comparison_table(results), ""]
     speed, over = results.get("phase1_speedup"), results.get("loop_overhead")
     m = results.get("measurements", {})
@@ -478,94 +669,40 @@ def measurements(cache: Path, redo: bool, quick: bool, log: Callable[[str], None
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------------
-
-# ------------------------------------------------------------------------------------------------
-# Selection (validation parts of splits 5-9 only) and the backbone learning-rate sweep
-# ------------------------------------------------------------------------------------------------
-
-def select_recipe(cache: Path, candidates: dict[str, dict], splits=SELECTION_SPLITS, force: bool = False,
-                  data_kwargs: dict | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run every candidate setting of the course's recipe on ``splits`` and rank them by mean VALIDATION
-    accuracy. Test accuracy is neither printed nor stored in the summary: choosing must not see it."""
-    summary = {}
-    for name, overrides in candidates.items():
-        log(f"candidate {name} {overrides}:")
-        vals = [run_cell(COURSE_RECIPE, k, cache, force, data_kwargs, overrides, log, tag=f"select-{name}")["val_acc"]
-                for k in splits]
-        summary[name] = {"overrides": overrides, "val_splits": [round(v, 2) for v in vals],
-                         "val_mean": round(statistics.fmean(vals), 2)}
-    chosen = max(summary, key=lambda n: summary[n]["val_mean"])
-    return {"splits": list(splits), "metric": "validation accuracy (%)", "candidates": summary, "chosen": chosen}
-
-
-def select_best(cache: Path, candidates: dict[str, dict] = BEST_CANDIDATES, splits=SELECTION_SPLITS,
-                force: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Rank the candidates of the `best` entry (input size and ``Recipe`` overrides) by mean VALIDATION
-    accuracy on ``splits``, with each candidate's mean seconds a split (the entry must train in under 2
-    minutes). Every ``Recipe`` field is passed explicitly, so a candidate runs with exactly its settings."""
-    summary = {}
-    for name, cand in candidates.items():
-        log(f"best candidate {name} {cand}:")
-        overrides = _two_phase_defaults() | best_overrides(name)
-        cells = [run_cell("best", k, cache, force, {"image_size": cand["image_size"]}, overrides, log,
-                          tag=f"select-{name}", defaults={}) for k in splits]
-        vals = [c["val_acc"] for c in cells]
-        summary[name] = {"candidate": cand, "val_splits": [round(v, 2) for v in vals],
-                         "val_mean": round(statistics.fmean(vals), 2),
-                         "seconds_mean": round(statistics.fmean(c["seconds"] for c in cells), 1)}
-    within = [n for n in summary if summary[n]["seconds_mean"] < 120] or list(summary)
-    chosen = max(within, key=lambda n: summary[n]["val_mean"])
-    return {"splits": list(splits), "metric": "validation accuracy (%), the candidate's own test-time augmentation",
-            "time_limit_s": 120, "candidates": summary, "chosen": chosen}
-
-
-def lr_sweep(cache: Path, lrs=LR_SWEEP, n_splits: int = DEFAULT_SPLITS, force: bool = False,
-             log: Callable[[str], None] = print) -> dict:
-    """Test accuracy of one_phase and two_phase against the backbone learning rate, splits 0..n-1.
-
-    A description of the recipe's sensitivity on the reporting splits, used for no choice."""
-    out: dict[str, dict] = {}
-    for recipe in ("one_phase", COURSE_RECIPE):
-        out[recipe] = {}
-        for lr in lrs:
-            if lr == recipe_settings(RECIPES[recipe]).get("backbone_lr"):  # the main run's cells
-                cells = [run_cell(recipe, k, cache, False, None, None, log) for k in range(n_splits)]
-            else:
-                cells = [run_cell(recipe, k, cache, force, None, {"backbone_lr": lr}, log, tag=f"lr{lr:g}")
-                         for k in range(n_splits)]
-            out[recipe][f"{lr:g}"] = [round(c["acc"], 2) for c in cells]
-    return {"backbone_lrs": [f"{lr:g}" for lr in sorted(lrs)], "splits": list(range(n_splits)), "test_acc": out}
-
-
 QUICK_DATA = {"image_size": 64, "batch_size": 8, "limit": 16, "max_batches": 2}
+
+
+def select_chapter(cache: Path, force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """The course recipe's settings for the notebooks: the two_phase arm of the grid (the runs with a phase 1)
+    on the manifest's fixed split (the chapters' split), chosen on its validation part by the same rule as inside
+    every fold."""
+    arm = {name: settings for name, settings in GRID.items() if ARMS[COURSE_RECIPE](settings)}   # Recipe has a phase 1
+    cells = grid_cells(None, cache, force, log=log, grid=arm)
+    entry = select_arm(COURSE_RECIPE, cells, arm)
+    return {"split": "the manifest's fixed split (the notebooks')", "metric": "validation accuracy (%); "
+            "best-epoch rules cross-fitted on two halves of the validation part (benchmarks/nested.py)",
+            "chosen": entry["chosen"], "settings": entry["settings"], "scores": entry["scores"],
+            "seconds": {n: round(c["seconds"], 1) for n, c in cells.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--splits", type=int, default=DEFAULT_SPLITS, help="split seeds 0..N-1 (default 5)")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
+                        help=f"folds 0..N-1 of the {FOLDS}-fold cross-validation (default {DEFAULT_FOLDS})")
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help=f"comma-separated subset, run in this order (default: {','.join(RECIPES)})")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 split, 16 images at 64 px, 1 epoch per phase; results under cache/quick")
+                        help="smoke run: 1 fold, 16 images at 64 px, 1 epoch per phase; results under cache/quick")
     parser.add_argument("--force", action="store_true", help="recompute cached cells and measurements")
     parser.add_argument("--remeasure", action="store_true", help="redo phase1_speedup and loop_overhead")
     parser.add_argument("--no-measure", action="store_true", help="skip phase1_speedup and loop_overhead")
     parser.add_argument("--measure-only", action="store_true",
                         help="(re)measure phase1_speedup and loop_overhead, rewrite the results, run no recipe")
     parser.add_argument("--cache", type=Path, default=HERE / "cache", help="cache folder (default benchmarks/cache)")
-    parser.add_argument("--select", action="store_true",
-                        help="rank the candidate settings of the course's recipe on the validation parts of "
-                             "splits 5-9 (benchmarks/selection.json), run nothing else")
-    parser.add_argument("--select-best", action="store_true",
-                        help="rank the candidates of the `best` entry on the validation parts of splits 5-9 "
-                             "(benchmarks/best_selection.json), run nothing else")
-    parser.add_argument("--lr-sweep", action="store_true",
-                        help="one_phase and two_phase against the backbone learning rate on splits 0-4 "
-                             "(benchmarks/lr_sweep.json), run nothing else")
+    parser.add_argument("--select-chapter", action="store_true",
+                        help="run the course recipe's grid on the notebooks' fixed split and choose its settings "
+                             "on that split's validation part (benchmarks/recipe_selection.json), run nothing else")
     parser.add_argument("--readme", action="store_true",
                         help="rewrite the results section of README.md from benchmarks/results.json, run nothing")
     args = parser.parse_args(argv)
@@ -574,24 +711,13 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(readme, update_readme(readme.read_text(), json.loads((HERE / "results.json").read_text())))
         print(f"updated {readme}")
         return 0
-    if args.select or args.lr_sweep or args.select_best:
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.select_chapter:
         torch.set_num_threads(os.cpu_count() or 1)
-        log = lambda s: print(s, flush=True)  # noqa: E731
-        if args.select:
-            chosen = select_recipe(args.cache, CANDIDATES, force=args.force, log=log)
-            atomic_write(HERE / "selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
-                                                                         "torch": torch.__version__}, indent=1) + "\n")
-            log(json.dumps(chosen, indent=1))
-        if args.select_best:
-            chosen = select_best(args.cache, force=args.force, log=log)
-            atomic_write(HERE / "best_selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
-                                                                              "torch": torch.__version__}, indent=1) + "\n")
-            log(json.dumps(chosen, indent=1))
-        if args.lr_sweep:
-            sweep = lr_sweep(args.cache, n_splits=args.splits, force=args.force, log=log)
-            atomic_write(HERE / "lr_sweep.json", json.dumps(sweep | {"date": _now(), "machine": machine(),
-                                                                       "torch": torch.__version__}, indent=1) + "\n")
-            log(json.dumps(sweep, indent=1))
+        chosen = select_chapter(args.cache, force=args.force, log=log)
+        atomic_write(HERE / "recipe_selection.json", json.dumps(chosen | {"date": _now(), "machine": machine(),
+                                                                           "torch": torch.__version__}, indent=1) + "\n")
+        log(json.dumps(chosen, indent=1))
         return 0
 
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
@@ -599,13 +725,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
     torch.set_num_threads(os.cpu_count() or 1)
-    n_splits = 1 if args.quick else args.splits
+    n_folds = 1 if args.quick else args.folds
     cache = args.cache / "quick" if args.quick else args.cache
     out_dir = cache if args.quick else HERE
     data_kwargs = QUICK_DATA if args.quick else {}
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    log(f"benchmarks: {recipes} on splits 0..{n_splits - 1}; {machine()}; torch {torch.__version__}")
+    log(f"benchmarks: {recipes} on folds 0..{n_folds - 1}; {machine()}; torch {torch.__version__}")
 
     meas = {}
     if not args.no_measure:
@@ -617,28 +742,27 @@ def main(argv: list[str] | None = None) -> int:
             meas = {}
 
     def write() -> dict:
-        cells = collect(cache, list(RECIPES), n_splits, data_kwargs, SMOKE if args.quick else None)
-        complete, incomplete = summarize(cells, n_splits)
-        return write_results(out_dir, complete, incomplete, meas, command.strip(), n_splits,
+        cells, selection = collect(cache, list(RECIPES), n_folds, data_kwargs, quick=args.quick)
+        return write_results(out_dir, cells, selection, meas, command.strip(), n_folds,
                              image_size=data_kwargs.get("image_size", IMAGE_SIZE),
                              batch_size=data_kwargs.get("batch_size", BATCH_SIZE))
 
-    skipped = []
     for recipe in ([] if args.measure_only else recipes):
-        overrides = SMOKE[recipe] if args.quick else None
         log(f"{recipe}:")
-        for split in range(n_splits):
-            try:
-                run_cell(recipe, split, cache, args.force, data_kwargs, overrides, log)
-            except NotImplementedError as exc:
-                log(f"  skipped {recipe}: {exc}")
-                skipped.append(recipe)
-                break
+        for fold in range(n_folds):
+            if recipe == COURSE_RECIPE:
+                grid_cells(fold, cache, args.force, data_kwargs, log)
+            elif recipe == "best":
+                course = select_arm(COURSE_RECIPE, grid_cells(fold, cache, data_kwargs=data_kwargs, run=False))
+                if course is None:
+                    log(f"  best {fold_name(fold)}: waits for the course's grid on this fold (run two_phase first)")
+                    continue
+                best_cells(fold, course["settings"], cache, args.force, log, quick=data_kwargs or None)
+            else:
+                run_cell(recipe, fold, cache, args.force, data_kwargs, SMOKE[recipe] if args.quick else None, log)
             write()
     results = write()
     log(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
-    if skipped:
-        log(f"skipped (not implemented): {skipped}")
     print(results_markdown(results), flush=True)
     return 0
 

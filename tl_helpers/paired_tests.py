@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tl_helpers.evaluate import VERDICTS, Interval
+
 
 def _correct(values) -> np.ndarray:
     """A 0/1 vector (list, array or tensor of bools or 0/1) as a NumPy bool array."""
@@ -58,23 +60,23 @@ def mcnemar_exact(correct_a: Sequence, correct_b: Sequence) -> dict:
     table = contingency_table(correct_a, correct_b)
     b, c = int(table[0, 1]), int(table[1, 0])
     p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
-    verdict = "tie" if p >= 0.05 else ("ahead" if b > c else "behind")
+    verdict = VERDICTS[1] if p >= 0.05 else (VERDICTS[0] if b > c else VERDICTS[2])   # ahead / tie / behind
     return {"table": table, "b": b, "c": c, "p": p, "verdict": verdict}
 
 
 def paired_bootstrap(correct_a: Sequence, correct_b: Sequence, n: int = 5000, level: float = 0.95,
-                     seed: int = 0) -> dict:
+                     seed: int = 0) -> Interval:
     """Accuracy of A minus accuracy of B, with a percentile interval from resampling test images *in pairs*.
 
     Each resample draws image indices with replacement and uses both models' results on the same
-    images, so what the two share cancels out. Verdict: "ahead" when the interval is above 0,
-    "behind" when below, "tie" otherwise (``evaluate.verdict``).
+    images, so what the two share cancels out. Returns an :class:`~tl_helpers.evaluate.Interval` (``n``: the
+    number of images) whose ``verdict`` is "ahead" when the interval is above 0, "behind" when below, "tie"
+    otherwise. It covers the test images' noise only: both models are fixed.
 
     >>> r = paired_bootstrap([1] * 90 + [0] * 10, [1] * 80 + [0] * 20, n=2000)
-    >>> round(r["mean"], 2), r["verdict"]
+    >>> round(r.mean, 2), r.verdict
     (0.1, 'ahead')
     """
-    from tl_helpers.evaluate import verdict
 
     a, b = _correct(correct_a).astype(float), _correct(correct_b).astype(float)
     if len(a) != len(b):
@@ -83,5 +85,5 @@ def paired_bootstrap(correct_a: Sequence, correct_b: Sequence, n: int = 5000, le
     idx = rng.integers(0, len(a), size=(n, len(a)))
     diffs = a[idx].mean(axis=1) - b[idx].mean(axis=1)
     low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean": float(a.mean() - b.mean()), "low": float(low), "high": float(high),
-            "verdict": verdict(float(low), float(high)), "level": level, "n": n}
+    return Interval(float(a.mean() - b.mean()), float(low), float(high), level, len(a),
+                    f"paired percentile bootstrap ({n} resamples)")
