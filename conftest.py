@@ -2,11 +2,65 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 _notebook_seconds: dict[str, float] = defaultdict(float)
+
+
+class NetworkUsedError(RuntimeError):
+    """A test tried to reach another machine: the course runs offline, and so must its tests."""
+
+
+def _is_local(address) -> bool:
+    """Loopback, Unix sockets and unnamed addresses are this machine (Jupyter kernels, torch.distributed)."""
+    if not isinstance(address, tuple):
+        return True                                    # AF_UNIX path, or a raw address we cannot judge
+    host = str(address[0])
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False                                   # a host name: resolving it is already network use
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Fail any test that connects to, or looks up, another machine.
+
+    The attempt raises at once (instead of waiting for a timeout), and the test fails at teardown even when a
+    library caught the error and carried on (transformers turns it into "can't load the configuration").
+    Offline libraries that wait for the network would otherwise make a test slow, or pass on a machine with
+    network and fail on one without.
+    """
+    attempts: list[str] = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def refuse(what: str):
+        attempts.append(what)
+        return NetworkUsedError(f"a test tried to {what}: tests must run offline")
+
+    def connect(sock, address):
+        if not _is_local(address):
+            raise refuse(f"connect to {address!r}")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _is_local((host,)):
+            raise refuse(f"look up {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield attempts
+    if attempts:
+        pytest.fail(f"the test used the network ({'; '.join(attempts)}); tests must run offline", pytrace=False)
 
 
 def pytest_collectstart(collector):

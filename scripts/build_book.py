@@ -38,7 +38,8 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg"}
 # Hand-written pages under book/src/: (title, file), before and after the chapters.
 FRONT_MATTER = [("Introduction", "introduction.md"), ("The five source articles", "sources.md")]
-BACK_MATTER = [("Glossary", "glossary.md"), ("Credits and licences", "credits.md")]
+BACK_MATTER = [("For instructors", "instructors.md"), ("Fine-tuning on a cluster", "cluster.md"),
+               ("Glossary", "glossary.md"), ("Credits and licences", "credits.md")]
 # Cells or parts of cells that a notebook asks to leave out of rendered versions (Jupyter Book's tags).
 REMOVE_CELL, REMOVE_INPUT, REMOVE_OUTPUT = "remove-cell", "remove-input", "remove-output"
 

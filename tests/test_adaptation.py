@@ -115,6 +115,15 @@ def test_adabn_changes_only_the_batchnorm_running_statistics():
     assert torch.allclose(net[1].running_mean, expected, atol=1e-4)
 
 
+def test_adabn_measures_the_statistics_with_dropout_off():
+    net = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.BatchNorm1d(6))
+    target = torch.randn(300, 4) + 2
+    adabn(net, target, batch_size=300)                  # one batch: the exact mean and (unbiased) variance
+    expected = net[0](target).detach()                  # what the BatchNorm sees in eval mode: no dropout
+    assert torch.allclose(net[2].running_mean, expected.mean(0), atol=1e-5)
+    assert torch.allclose(net[2].running_var, expected.var(0), atol=1e-4)
+
+
 def test_adabn_accepts_a_loader_of_pairs_and_complains_without_batchnorm():
     net = small_net()
     loader = [(torch.randn(10, 3, 8, 8), torch.zeros(10)) for _ in range(3)]
@@ -295,5 +304,126 @@ def test_check_adabn_turns_down_wrong_answers(wrong, hint, capsys):
 
 
 def test_exercises_are_listed_with_their_checkers():
-    assert set(checks.EXERCISES) == {"09.1", "09.2", "09.3"}
+    assert list(checks.EXERCISES) == ["09.1", "09.2", "09.3", "09.4"]
+    assert checks.EXERCISES["09.2"].checker is checks.check_batchnorm_predictions
     assert checks.EXERCISES["09.1"].checker is checks.check_coral
+
+
+# --- the training loop, its BatchNorm modes and the grid -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    from tl_helpers.domains import domain_pair
+    return domain_pair("mnist->mnistm", n_source=160, n_target=200, seed=0)
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_train_uda_is_seeded_and_its_modes_differ(tiny_pair):
+    from tl_helpers.adaptation import train_uda
+    a = train_uda(tiny_pair, "none", 0, "source", seed=1, epochs=1, batch_size=32)
+    b = train_uda(tiny_pair, "none", 0, "source", seed=1, epochs=1, batch_size=32)
+    assert _same(a, b) and not a.training
+    joint = train_uda(tiny_pair, "none", 0, "joint", seed=1, epochs=1, batch_size=32)
+    separate = train_uda(tiny_pair, "none", 0, "separate", seed=1, epochs=1, batch_size=32)
+    # the target batches reach BatchNorm: its running statistics differ from source only's
+    bn = "features.1.running_mean"
+    assert not torch.equal(a.state_dict()[bn], joint.state_dict()[bn])
+    assert not torch.equal(joint.state_dict()[bn], separate.state_dict()[bn])
+
+
+def test_train_uda_never_reads_the_target_labels(tiny_pair):
+    from tl_helpers.adaptation import train_uda
+    shuffled = dict(tiny_pair)
+    X, y = tiny_pair["target_train"]
+    shuffled["target_train"] = (X, y.flip(0))
+    for method in ("mmd", "dann"):
+        a = train_uda(tiny_pair, method, 1.0, "joint", seed=0, epochs=1, batch_size=32)
+        b = train_uda(shuffled, method, 1.0, "joint", seed=0, epochs=1, batch_size=32)
+        assert _same(a, b)
+
+
+def test_train_uda_weight_zero_is_the_same_run_for_every_method(tiny_pair):
+    from tl_helpers.adaptation import train_uda
+    a = train_uda(tiny_pair, "coral", 0.0, "separate", seed=2, epochs=1, batch_size=32)
+    b = train_uda(tiny_pair, "none", 0.0, "separate", seed=2, epochs=1, batch_size=32)
+    assert _same(a, b)
+    c = train_uda(tiny_pair, "coral", 10.0, "separate", seed=2, epochs=1, batch_size=32)
+    assert not _same(a, c)
+
+
+def test_train_uda_errors_name_the_fix(tiny_pair):
+    from tl_helpers.adaptation import alignment_loss, train_uda
+    with pytest.raises(ValueError, match="nothing to align"):
+        train_uda(tiny_pair, "mmd", 1.0, "source")
+    with pytest.raises(ValueError, match="unknown bn"):
+        train_uda(tiny_pair, "mmd", 1.0, "shared")
+    with pytest.raises(ValueError, match="unknown method"):
+        alignment_loss("tca", torch.zeros(4, 2), torch.zeros(4, 2))
+
+
+def test_dev_risk_is_finite_and_grows_with_a_worse_model(tiny_pair):
+    from tl_helpers.adaptation import dev_risk, train_uda
+    trained = train_uda(tiny_pair, "none", 0, "joint", seed=0, epochs=2, batch_size=32)
+    untrained = train_uda(tiny_pair, "none", 0, "joint", seed=0, epochs=0, batch_size=32)
+    Xs, Xt = tiny_pair["source_train"][0], tiny_pair["target_train"][0]
+    good, bad = dev_risk(trained, Xs, tiny_pair["source_val"], Xt), dev_risk(untrained, Xs, tiny_pair["source_val"], Xt)
+    assert np.isfinite(good) and np.isfinite(bad) and good < bad
+
+
+def test_uda_grid_reads_a_matching_store_and_ignores_another(tiny_pair, monkeypatch):
+    from tl_helpers import adaptation
+    calls = []
+
+    def fake_cell(pair, settings, seed, method, bn, weight):
+        calls.append((seed, method, bn, weight))
+        return {"seed": seed, "method": method, "bn": bn, "weight": weight, "target_test": 0.5}
+
+    monkeypatch.setattr(adaptation, "uda_cell", fake_cell)
+    settings = {**adaptation.UDA_SETTINGS, "weights": [0, 1], "methods": ["mmd"], "bn_modes": ["joint"]}
+    cells = adaptation.uda_grid(settings, [0], pair=tiny_pair)
+    assert len(calls) == len(cells) == 4
+    store = {"settings": settings, "cells": cells}
+    calls.clear()
+    assert adaptation.uda_grid(settings, [0], store=store, pair=tiny_pair) == cells and not calls
+    other = {**settings, "epochs": settings["epochs"] + 1}          # a changed setting recomputes
+    adaptation.uda_grid(other, [0], store=store, pair=tiny_pair)
+    assert len(calls) == 4
+
+
+def test_check_batchnorm_predictions(tiny_pair, capsys):
+    from tl_helpers.adaptation import train_uda
+    model = train_uda(tiny_pair, "none", 0, "source", seed=0, epochs=2, batch_size=32)
+    before = copy.deepcopy(model.state_dict())
+    answers = [(a, b) for a in ("higher", "same", "lower") for b in ("higher", "same", "lower")]
+    verdicts = [checks.check_batchnorm_predictions(a, b, model, tiny_pair) for a, b in answers]
+    out = capsys.readouterr().out
+    assert sum(verdicts) == 1 and "AdaBN" in out                     # exactly one pair of answers is right
+    assert not checks.check_batchnorm_predictions("bigger", "same", model, tiny_pair)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model.training
+
+
+def test_uda_cell_scores_a_run_with_and_without_target_labels(tiny_pair):
+    from tl_helpers.adaptation import UDA_SETTINGS, uda_cell
+    cell = uda_cell(tiny_pair, {**UDA_SETTINGS, "epochs": 1, "batch_size": 32}, 0, "coral", "separate", 1.0)
+    assert {"source_val", "target_test", "target_test_adabn", "pad", "pad_own", "dev"} <= set(cell)
+    assert all(0 <= cell[k] <= 1 for k in ("source_val", "target_val", "target_test", "target_test_adabn"))
+
+
+def test_the_stored_grids_match_the_chapter_settings():
+    """benchmarks/adaptation_*.json hold every arm of every seed with today's settings: change a setting and this
+    fails until `make bench-adaptation` has rerun the grid (the chapter would otherwise train it, slowly)."""
+    import json
+    from pathlib import Path
+
+    from tl_helpers.adaptation import UDA_SETTINGS, uda_arms
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    # the seeds chapter 09 reads by default (N_SEEDS = 4): what finished on the shared machine
+    for name, pair, seeds in (("adaptation_results.json", "mnist->mnistm", 4),
+                              ("adaptation_selection.json", "synthetic->mnist", 5)):
+        stored = json.loads((root / name).read_text())
+        assert stored["settings"] == {**UDA_SETTINGS, "pair": pair}, f"{name}: rerun python -m benchmarks.adaptation"
+        have = {(c["seed"], c["method"], c["bn"], c["weight"]) for c in stored["cells"]}
+        assert have == {(s, *arm) for s in range(seeds) for arm in uda_arms(stored["settings"])}

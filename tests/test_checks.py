@@ -95,6 +95,21 @@ def train_keep_frozen_bn(model):
             m.eval()
 
 
+def all_bn_eval(model):
+    """A wrong answer to 03.3: every BatchNorm in eval mode, the trainable ones too."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def squash_224():
+    """A wrong answer to 01.2: the squashing resize of article 003."""
+    from torchvision.transforms import v2
+    return v2.Compose([v2.Resize((224, 224)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize([0.5] * 3, [0.5] * 3)])
+
+
 def head_only():
     model = lite0(5)
     for p in model.parameters():
@@ -199,9 +214,11 @@ CASES = {
              [lambda: checks.check_preprocessing(eval_transform(224, 256, IMAGENET_MEAN, IMAGENET_STD)),
               lambda: checks.check_preprocessing(eval_transform(224, 256, (0, 0, 0), (1, 1, 1))),
               lambda: checks.check_preprocessing(train_transform(224)),
-              lambda: checks.check_preprocessing(eval_transform(128))],
+              lambda: checks.check_preprocessing(eval_transform(128)),
+              lambda: checks.check_preprocessing(squash_224()),
+              lambda: checks.check_preprocessing(eval_transform(224, resize_size=224))],
              ["those are ImageNet's mean and std", "in [0, 1] but not normalised", "the transform is random",
-              "the model expects (3, 224, 224)"]),
+              "the model expects (3, 224, 224)", "squashed to a square", "resizes to 256 first"]),
     "01.3": (lambda: checks.check_predict(predict_ref),
              [lambda: checks.check_predict(predict_no_eval), lambda: checks.check_predict(predict_logits)],
              ["the model was still in training mode", "these are logits, not probabilities"]),
@@ -222,8 +239,11 @@ CASES = {
              ["tensors of the last 2 blocks (head_conv, classifier) are frozen", "parameters are still trainable"]),
     "03.3": (lambda: checks.check_frozen_bn_mode(train_keep_frozen_bn),
              [lambda: checks.check_frozen_bn_mode(lambda m: m.train()),
-              lambda: checks.check_frozen_bn_mode(lambda m: m.eval())],
-             ["changed the running statistics of the frozen block's BatchNorm", "the model is not in training mode"]),
+              lambda: checks.check_frozen_bn_mode(lambda m: m.eval()),
+              lambda: checks.check_frozen_bn_mode(all_bn_eval),
+              lambda: checks.check_frozen_bn_mode(lambda m: m.train() and m[0].eval())],
+             ["changed the running statistics of its BatchNorm", "the model is not in training mode",
+              "the trainable block's BatchNorm is in eval mode too", "changed the running statistics of its BatchNorm"]),
     "04.1": (lambda: checks.check_output_shape(torch.Size([16, 5])),
              [lambda: checks.check_output_shape((16, 1000)), lambda: checks.check_output_shape((5, 16))],
              ["the 1000 ImageNet classes: that is the old head", "is transposed"]),

@@ -174,3 +174,148 @@ def test_every_option_has_help():
         assert p.description and "example" in p.epilog, name
         for action in p._actions:
             assert action.help, (name, action.dest)
+
+
+# --- issue 25: layouts, --epochs 0 before the scan, --no-progress everywhere, failing exports, TTA, resume ---
+
+def test_help_documents_the_folder_layouts_and_the_new_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "FOLDER/train/<class>/*.jpg" in out and "FOLDER/valid/<class>/*.jpg" in out and "--resume" in out
+    for command, options in (("finetune", ("--no-flip", "--balance", "--resume", "FOLDER/<class>/*.jpg")),
+                             ("predict", ("--tta",)), ("evaluate", ("--tta", "--mistakes", "FOLDER/test/<class>")),
+                             ("export", ("--tolerance", "exit"))):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert all(o in text for o in options), (command, options)
+
+
+def test_impossible_settings_are_refused_before_the_scan(monkeypatch, capsys, tmp_path):
+    import tl_helpers.imagefolder
+
+    monkeypatch.setattr(tl_helpers.imagefolder, "scan_image_folder", lambda *a, **k: pytest.fail("scanned"))
+    for extra, expected in ((["--epochs", "0"], "at least 1 epoch"), (["--image-size", "8"], "too small"),
+                            (["--batch-size", "0"], "--batch-size 0"), (["--test", "0"], "fractions")):
+        code, out, err = run(capsys, "finetune", tmp_path / "not_scanned", "--no-progress", *extra)
+        assert code == 2 and expected in err and "does not exist" not in err, (extra, err)
+
+
+def test_no_progress_hides_every_bar_and_the_bars_show_without_it(trained, finetuned, capsys, tmp_path):
+    root, folder, new = trained
+    commands = [["predict", finetuned, *new], ["evaluate", finetuned, folder],
+                ["export", finetuned, "--format", "torchscript", "--out", tmp_path / "m.ts.pt"]]
+    for argv in commands:
+        code, out, err = run(capsys, *argv, "--no-progress")
+        assert code == 0 and err == "", (argv[0], err)
+        code, out, err = run(capsys, *argv)
+        assert code == 0 and any(bar in err for bar in ("predicting", "export", "scanning")), (argv[0], err)
+
+
+def test_predict_fails_fast_before_loading_the_model_when_nothing_is_an_image(monkeypatch, capsys, tmp_path):
+    import tl_helpers.cli
+
+    monkeypatch.setattr(tl_helpers.cli, "_load_any", lambda path: pytest.fail("loaded the model"))
+    (tmp_path / "notes.jpg").write_text("shopping list")
+    code, out, err = run(capsys, "predict", tmp_path / "model.pt", tmp_path / "notes.jpg", tmp_path / "nope.jpg")
+    assert code == 2 and "None of the files" in err and "notes.jpg  skipped: not an image" in out
+    assert "does not exist" in out
+
+
+def test_export_that_disagrees_with_pytorch_exits_1_with_the_numbers(trained, finetuned, capsys, tmp_path, monkeypatch):
+    import copy
+
+    import torch
+
+    import tl_helpers.export
+
+    real = tl_helpers.export.export
+
+    def broken_export(ft, out, fmt="onnx"):   # an exporter that gets one layer wrong
+        other = copy.deepcopy(ft)
+        with torch.no_grad():
+            other.model._fc.bias += torch.tensor([3.0, -3.0, 0.0])
+        return real(other, out, fmt)
+
+    monkeypatch.setattr(tl_helpers.export, "export", broken_export)
+    code, out, err = run(capsys, "export", finetuned, "--format", "torchscript", "--out", tmp_path / "bad.ts.pt",
+                         "--no-progress")
+    assert code == 1 and "largest probability difference to PyTorch" in out
+    assert "failed: the exported file does not compute what the PyTorch model computes" in err
+    assert "> tolerance 1.0e-04" in err and "Traceback" not in err
+    monkeypatch.undo()
+    code, out, err = run(capsys, "export", finetuned, "--format", "torchscript", "--out", tmp_path / "ok.ts.pt",
+                         "--tolerance", "1e-4", "--no-progress")
+    assert code == 0 and err == ""
+
+
+def test_evaluate_with_tta_writes_the_confused_pairs_and_the_mistakes_sheet(trained, finetuned, capsys, tmp_path):
+    root, folder, new = trained
+    code, out, err = run(capsys, "evaluate", finetuned, folder, "--no-progress")
+    assert code == 0 and "most confused (true -> predicted, images):" in out and "mean per-class recall" in out
+    code, out_tta, err = run(capsys, "evaluate", finetuned, folder, "--tta", "--mistakes", tmp_path / "m.png",
+                             "--top-losses", "4", "--no-progress")
+    assert code == 0 and "with flip test-time augmentation" in out_tta and (tmp_path / "m.png").stat().st_size > 1000
+    assert "wrote " in out_tta and "the 4 test images with the largest losses" in out_tta
+    code, out, err = run(capsys, "predict", finetuned, *new, "--tta", "--no-progress")
+    assert code == 0 and "prediction (flip TTA)" in out
+
+
+def test_a_train_valid_folder_no_flip_balance_and_an_interrupted_run_resumed(capsys, tmp_path, monkeypatch):
+    import shutil
+
+    import tl_helpers.train as train
+    from tl_helpers.finetuned import load_finetuned
+
+    flat, _ = write_example_folder(tmp_path / "flat", classes=("birds", "fruit"), per_class=12, tiny_class=None,
+                                   problems=False)
+    folder = tmp_path / "tv"
+    for cls in ("birds", "fruit"):
+        files = sorted((flat / cls).glob("*.jpg"))
+        for part, chosen in (("train", files[:9]), ("valid", files[9:])):
+            (folder / part / cls).mkdir(parents=True)
+            for f in chosen:
+                shutil.copy(f, folder / part / cls / f.name)
+    monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
+    real, calls = train.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    argv = ["finetune", folder, "--out", tmp_path / "m.pt", "--epochs", "2", "--image-size", "64", "--no-flip",
+            "--balance", "--no-progress"]
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and "--resume" in err and (tmp_path / "m.training").is_dir() and not (tmp_path / "m.pt").exists()
+    assert "Laid out as a split (train/, valid/): used as given; the test part drawn from train/." in out
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    code, out, err = run(capsys, *argv, "--resume")
+    assert code == 0 and len(calls) == 3, err                      # the first epoch was not trained again
+    assert "val = valid/, test drawn from train/" in out and "no flips, class-weighted loss" in out
+    assert not (tmp_path / "m.training").exists()
+    ft = load_finetuned(tmp_path / "m.pt")
+    assert ft.augmentation == {"flip": False, "balance": True} and ft.split["given"] == {"train": "train", "val": "valid"}
+    assert ft.split["counts"]["val"] == 6 and len(ft.history) == 2
+    code, out, err = run(capsys, "predict", tmp_path / "m.pt", folder / "valid", "--tta")
+    assert code == 2 and "trained without flips" in err
+
+
+def test_the_help_knows_the_recipes_epochs_and_cheap_commands_never_import_torch(tmp_path):
+    from tl_helpers.cli import RECIPE_EPOCHS
+    from tl_helpers.recipe import Recipe
+
+    assert RECIPE_EPOCHS == Recipe().finetune_epochs
+    code = ("import sys; from tl_helpers.cli import main; "
+            "code = main(sys.argv[1:]); print('torch' in sys.modules); sys.exit(code)")
+    (tmp_path / "a.jpg").write_text("not a photo")
+    write_example_folder(tmp_path / "photos", classes=("birds", "fruit"), per_class=8)     # with a 2-image class
+    for argv, rc in ((["predict", "model.pt", str(tmp_path / "a.jpg"), "nope.jpg"], 2),
+                     (["finetune", str(tmp_path / "photos"), "--out", str(tmp_path / "m.pt"), "--no-progress"], 2),
+                     (["finetune", str(tmp_path / "nope"), "--epochs", "0"], 2)):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+        assert done.returncode == rc and done.stdout.strip().endswith("False"), (argv, done.stdout, done.stderr)
+    assert not (tmp_path / "m.training").exists()

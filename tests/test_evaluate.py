@@ -69,7 +69,7 @@ def test_bootstrap_ci_contains_the_accuracy_and_is_seeded():
     acc, low, high = bootstrap_ci(y, pred, n=500)
     assert acc == accuracy(y, pred)
     assert low < acc < high and 0.05 < high - low < 0.25
-    assert bootstrap_ci(y, pred, n=500) == (acc, low, high)
+    assert tuple(bootstrap_ci(y, pred, n=500)) == (acc, low, high)
 
 
 def test_predict_is_in_eval_mode_without_gradients():
@@ -95,3 +95,33 @@ def test_temperature_scaling():
     true_logits = torch.randn(500, 4) * 2
     labels = torch.distributions.Categorical(logits=true_logits).sample()
     assert fit_temperature(true_logits * 3, labels) == pytest.approx(3.0, rel=0.25)  # undoes the sharpening
+
+
+def test_corrected_interval_is_the_nadeau_bengio_formula():
+    """variance x (1/J + n_test/n_train), J - 1 degrees of freedom; wider than the plain t by that factor."""
+    from scipy import stats
+
+    from tl_helpers.evaluate import cv_test_train_ratio, interval, paired_difference
+
+    d = np.array([2.0, 0.5, 3.0, 2.0, 1.0])
+    ratio = cv_test_train_ratio(5)
+    iv, plain = interval(d, test_train_ratio=ratio), interval(d)
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) * np.sqrt(1 / 5 + 0.25)
+    assert iv.mean == pytest.approx(1.7) and iv.high - iv.mean == pytest.approx(half)
+    assert iv.half_width / plain.half_width == pytest.approx(np.sqrt((1 / 5 + 0.25) * 5))   # 1.5x
+    assert plain.verdict == "ahead" and iv.verdict == "tie" and "corrected" in iv.method
+    assert paired_difference(d + 70, np.full(5, 70.0), test_train_ratio=ratio) == iv
+    assert interval(d, level=0.99).half_width > plain.half_width
+    assert iv.to_dict()["verdict"] == "tie" and tuple(iv) == (iv.mean, iv.low, iv.high)
+
+
+def test_interval_says_what_is_wrong():
+    from tl_helpers.evaluate import interval, paired_difference
+
+    with pytest.raises(ValueError, match="non-empty"):
+        interval([])
+    with pytest.raises(ValueError, match="fraction"):
+        interval([1.0, 2.0], level=95)
+    with pytest.raises(ValueError, match="one value of each"):
+        paired_difference([1.0, 2.0], [1.0])
+    assert np.isnan(interval([3.0]).low)   # one value: no interval

@@ -28,14 +28,14 @@ def model_and_images(tmp_path_factory):
     return ft, new, root
 
 
-def test_numpy_preprocessing_matches_torchvision_within_one_level():
+def test_numpy_preprocessing_matches_torchvision_exactly():
     from skimage import data
 
     for img in (Image.fromarray(data.coffee()), Image.fromarray(data.chelsea()), Image.new("RGB", (50, 90), "red")):
         ours = onnx_preprocess(img, 64, (0.5,) * 3, (0.5,) * 3)
         ref = eval_transform(64)(img).numpy()
         assert ours.shape == ref.shape == (3, 64, 64) and ours.dtype == np.float32
-        assert np.abs(ours - ref).max() <= 2 / 255 + 1e-6  # one level of 255, times 2 for std 0.5
+        assert np.abs(ours - ref).max() <= 1e-6  # both resize with Pillow: the same pixels
 
 
 def test_onnx_export_matches_pytorch_and_carries_its_description(model_and_images):
@@ -87,7 +87,9 @@ def test_bad_export_requests_say_what_to_do(model_and_images, tmp_path):
         OnnxClassifier(tmp_path / "fake.onnx")
 
 
-def test_checker_onnx_probabilities(model_and_images, capsys):
+def test_checker_onnx_probabilities_on_a_large_rotated_photo(model_and_images, capsys):
+    from PIL import ImageOps
+
     from tl_helpers.checks.own_images import check_onnx_probabilities
 
     ft, new, root = model_and_images
@@ -95,18 +97,41 @@ def test_checker_onnx_probabilities(model_and_images, capsys):
     if not path.exists():
         export_onnx(ft, path)
 
-    def reference(session, image, size, mean, std):
-        x = onnx_preprocess(image, size, mean, std)[None]
+    def run(session, x):
         z = session.run(None, {session.get_inputs()[0].name: x})[0][0]
         e = np.exp(z - z.max())
         return e / e.sum()
 
-    def logits(session, image, size, mean, std):
+    def reference(session, file, size, mean, std):
+        image = ImageOps.exif_transpose(Image.open(file)).convert("RGB")
+        return run(session, onnx_preprocess(image, size, mean, std)[None])
+
+    def logits(session, file, size, mean, std):
+        image = ImageOps.exif_transpose(Image.open(file)).convert("RGB")
         return session.run(None, {session.get_inputs()[0].name: onnx_preprocess(image, size, mean, std)[None]})[0][0]
 
-    def no_normalise(session, image, size, mean, std):
-        return reference(session, image, size, (0, 0, 0), (1, 1, 1))
+    def no_normalise(session, file, size, mean, std):
+        return reference(session, file, size, (0, 0, 0), (1, 1, 1))
 
-    assert check_onnx_probabilities(reference, path, new[:3])
-    assert not check_onnx_probabilities(logits, path, new[:3]) and "softmax" in capsys.readouterr().out
-    assert not check_onnx_probabilities(no_normalise, path, new[:3]) and "subtract the mean" in capsys.readouterr().out
+    def squashed(session, file, size, mean, std):
+        image = ImageOps.exif_transpose(Image.open(file)).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        x = (np.asarray(image, dtype=np.float32) / 255 - np.float32(mean)) / np.float32(std)
+        return run(session, x.transpose(2, 0, 1)[None].astype(np.float32))
+
+    def orientation_ignored(session, file, size, mean, std):
+        return run(session, onnx_preprocess(Image.open(file).convert("RGB"), size, mean, std)[None])
+
+    def torchvision_preprocessing(session, file, size, mean, std):   # eval_transform: the same pixels
+        image = ImageOps.exif_transpose(Image.open(file)).convert("RGB")
+        return run(session, eval_transform(size, mean=mean, std=std)(image)[None].numpy())
+
+    assert check_onnx_probabilities(reference, path)
+    assert "3000 x 2000 photo stored rotated" in capsys.readouterr().out
+    assert check_onnx_probabilities(torchvision_preprocessing, path)
+    capsys.readouterr()
+    for wrong, words in ((logits, "softmax"), (no_normalise, "subtract the mean"),
+                         (squashed, "match the image squashed to a square"),
+                         (orientation_ignored, "match the image orientation tag ignored")):
+        assert not check_onnx_probabilities(wrong, path), wrong.__name__
+        out = capsys.readouterr().out
+        assert words in out, (wrong.__name__, out)

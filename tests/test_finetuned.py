@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from tl_helpers.checkpoints import save_checkpoint
 from tl_helpers.finetuned import CheckpointError, FineTuned, TestReport, finetune, load_finetuned, recipe_for
-from tl_helpers.imagefolder import DataError, scan_image_folder, write_example_folder
+from tl_helpers.imagefolder import DataError, scan_image_folder, split_folder, write_example_folder
 from tl_helpers.recipe import Recipe
 
 
@@ -164,3 +165,119 @@ def test_finetuned_repr_names_what_it_is(tiny):
     ft, *_ = tiny
     assert repr(ft).startswith("FineTuned(efficientnet_lite0, 3 classes ['birds', 'fruit', 'vehicles'], 64 px")
     assert isinstance(ft, FineTuned)
+
+
+# --- what a fastai user expects: flips as a choice, imbalance, interpretation, TTA, resume -------------
+
+def test_flip_is_a_choice_recorded_in_the_model_and_tta_is_refused_without_it(tiny, tmp_path):
+    from PIL import Image
+
+    from tl_helpers.finetuned import augmentation_transform
+
+    names = [type(t).__name__ for t in augmentation_transform(64, (0.5,) * 3, (0.5,) * 3, flip=False).transforms]
+    assert "RandomHorizontalFlip" not in names and "RandomResizedCrop" in names
+    ft, folder, new, _ = tiny
+    assert ft.augmentation == {"flip": True, "balance": False}
+    no_flip = dataclasses.replace(ft, augmentation={"flip": False, "balance": False})
+    again = load_finetuned(no_flip.save(tmp_path / "m.pt"))
+    assert again.augmentation == {"flip": False, "balance": False}
+    with pytest.raises(DataError, match="trained without flips"):
+        again.predict(new[:1], tta=True)
+    with pytest.raises(DataError, match="trained without flips"):
+        again.evaluate(folder, tta=True)
+
+
+def test_tta_averages_an_image_with_its_mirror(tiny):
+    from PIL import Image, ImageOps
+
+    ft, _, new, _ = tiny
+    img = Image.open(new[0]).convert("RGB")
+    symmetric = Image.new("RGB", (2 * img.width, img.height))
+    symmetric.paste(img, (0, 0))
+    symmetric.paste(ImageOps.mirror(img), (img.width, 0))     # its own mirror image: TTA changes nothing
+    p, p_tta = ft.probabilities([symmetric]), ft.probabilities([symmetric], tta=True)
+    assert np.allclose(p, p_tta, atol=1e-5)
+    a, a_tta = ft.probabilities([img]), ft.probabilities([img], tta=True)
+    mirrored = ft.probabilities([ImageOps.mirror(img)])
+    assert np.allclose(a_tta, (a + mirrored) / 2, atol=1e-5) and not np.allclose(a, a_tta, atol=1e-4)
+    preds = ft.predict(new, tta=True, top_k=3)
+    assert all(abs(sum(v for _, v in p.top) - 1) < 1e-3 for p in preds)
+
+
+def test_the_test_report_has_recalls_confused_pairs_and_top_losses(tiny, tmp_path):
+    ft, folder, _, _ = tiny
+    r = ft.report
+    assert len(r.probs) == len(r.y_true) and np.allclose(np.sum(r.probs, axis=1), 1, atol=1e-4)
+    assert np.asarray(r.probs).argmax(1).tolist() == r.y_pred
+    losses = r.losses()
+    order = r.top_losses(5)
+    assert list(losses[order]) == sorted(losses, reverse=True)[:5]
+    assert set(r.recalls) == set(ft.classes) and abs(r.balanced_accuracy - np.mean(list(r.recalls.values()))) < 1e-12
+    text = str(r)
+    assert "mean per-class recall" in text and "most confused (true -> predicted, images):" in text
+    fig = r.mistakes_figure(folder, n=4)
+    assert len([ax for ax in fig.axes if ax.images]) == 4
+    fig.savefig(tmp_path / "m.png")
+    report = TestReport(["a", "b", "c"], [0, 0, 0, 1, 1, 2], [1, 1, 2, 0, 1, 2])
+    assert report.most_confused() == [("a", "b", 2), ("a", "c", 1), ("b", "a", 1)]
+    assert report.recalls == {"a": 0.0, "b": 0.5, "c": 1.0} and report.balanced_accuracy == 0.5
+    with pytest.raises(ValueError, match="no probabilities"):
+        report.losses()
+
+
+def test_evaluate_reproduces_the_finetune_report_with_and_without_tta(tiny):
+    ft, folder, _, _ = tiny
+    again = ft.evaluate(folder)
+    assert again.excluded == sum(ft.split["counts"].values()) - len(ft.report.files)
+    assert dataclasses.replace(again, excluded=0) == ft.report and str(again) == str(ft.report)
+    with_tta = ft.evaluate(folder, tta=True)
+    assert with_tta.files == ft.report.files and with_tta.probs != ft.report.probs
+
+
+def test_balance_weighs_the_loss_by_the_training_class_sizes(tmp_path):
+    from tl_helpers.checkpoints import load_checkpoint
+    from tl_helpers.finetuned import class_weights
+
+    assert [round(w, 3) for w in class_weights([30, 10]).tolist()] == [0.667, 2.0]
+    with pytest.raises(DataError, match="no training image"):
+        class_weights([3, 0])
+    folder, _ = write_example_folder(tmp_path / "photos", classes=("birds", "fruit"), per_class=12, tiny_class=None,
+                                     problems=False)
+    for extra in sorted((folder / "fruit").glob("*.jpg"))[4:]:
+        extra.unlink()                                            # 12 birds, 4 fruit: imbalanced 3:1
+    report = scan_image_folder(folder, progress=False)
+    ft = finetune(report, image_size=64, epochs=1, progress=False, verbose=False, cache=False, balance=True,
+                  checkpoint=tmp_path / "run" / "c.pt")
+    weights = load_checkpoint(tmp_path / "run" / "c.pt")["settings"]["class_weights"]
+    train = [report.samples[i][1] for i in split_folder(report, seed=0)["train"]]
+    n_birds, n_fruit = train.count(0), train.count(1)
+    assert n_birds > n_fruit and ft.augmentation["balance"]
+    assert weights == pytest.approx([len(train) / (2 * n_birds), len(train) / (2 * n_fruit)], rel=1e-5)
+
+
+def test_an_interrupted_finetune_resumes_to_the_same_model(tmp_path, monkeypatch):
+    import tl_helpers.train as train
+
+    folder, _ = write_example_folder(tmp_path / "photos", classes=("birds", "fruit"), per_class=8, tiny_class=None,
+                                     problems=False)
+    report = scan_image_folder(folder, progress=False)
+    kwargs = dict(image_size=64, epochs=3, progress=False, verbose=False, cache=tmp_path / "features")
+    whole = finetune(report, checkpoint=tmp_path / "whole" / "c.pt", **kwargs)
+    real, calls = train.train_one_epoch, []
+
+    def stop_at_the_third_epoch(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train, "train_one_epoch", stop_at_the_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(report, checkpoint=tmp_path / "cut" / "c.pt", **kwargs)
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    resumed = finetune(report, checkpoint=tmp_path / "cut" / "c.pt", **kwargs)
+    assert len(calls) == 4                                  # only the interrupted epoch was trained again
+    assert resumed.history.column("train_loss") == whole.history.column("train_loss")
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.report.to_dict() == whole.report.to_dict()

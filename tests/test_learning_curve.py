@@ -61,7 +61,7 @@ def test_mcnemar_and_paired_bootstrap_are_symmetric():
     assert mcnemar_exact(a, b)["p"] == mcnemar_exact(b, a)["p"]
     assert mcnemar_exact(a, b)["verdict"] == "tie"
     r, s = paired_bootstrap(a, b, seed=0), paired_bootstrap(b, a, seed=0)
-    assert r["mean"] == pytest.approx(-s["mean"]) and r["verdict"] == s["verdict"] == "tie"
+    assert r.mean == pytest.approx(-s.mean) and r.verdict == s.verdict == "tie"
 
 
 def test_paired_inputs_must_match():

@@ -67,3 +67,39 @@ def test_offline_torchvision_weights_raise_a_clear_error(tmp_path, monkeypatch):
 def test_unknown_model_name_lists_the_choices():
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         models.load_pretrained("resnet_does_not_exist")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0", "efficientnet_v2_s", "convnext_tiny",
+                                  "mobilenet_v3_small", "regnet_y_400mf", "vit_b_16", "swin_t"])
+def test_torchvision_names_get_the_preprocessing_of_their_weights(name):
+    """Resize, crop, interpolation, mean and std are the weights' own (``Weights.transforms()``, offline), for
+    every family: resnet50 resizes to 232, efficientnet_b0 is bicubic, efficientnet_v2_s crops 384..."""
+    from torchvision.models import get_model_weights
+    from torchvision.transforms import v2
+
+    preset = get_model_weights(name).DEFAULT.transforms()
+    pre = models.load_pretrained(name, weights=False)
+    resize = next(t for t in pre.transforms.transforms if isinstance(t, v2.Resize))
+    crop = next(t for t in pre.transforms.transforms if isinstance(t, v2.CenterCrop))
+    assert resize.size == list(preset.resize_size) and list(crop.size) == [preset.crop_size[0]] * 2
+    assert resize.interpolation == preset.interpolation
+    assert pre.mean == tuple(preset.mean) and pre.std == tuple(preset.std)
+    image = Image.fromarray(skdata.chelsea())
+    ours, theirs = pre.transforms(image), preset(image)
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max() < 1e-5   # the same pixels as torchvision's own preset
+
+
+def test_the_old_fixed_preprocessing_is_not_what_resnet50_asks_for():
+    """The wrong answer the helper gave before: 256 / 224 bilinear for every name."""
+    pre = models.load_pretrained("resnet50", weights=False)
+    assert pre.transforms(Image.new("RGB", (500, 400))).shape == (3, 224, 224)
+    assert models.weights_preprocessing("resnet50")["resize_size"] == 232 != 256
+
+
+def test_lite_models_keep_their_own_evaluation_size():
+    assert [models.weights_preprocessing(n)["crop_size"] for n in models.LITE_MODELS] == [224, 240, 260]
+    assert models.load_pretrained("efficientnet_lite1", weights=False).transforms(
+        Image.new("RGB", (300, 300))).shape == (3, 240, 240)
+    # an explicit image_size keeps the weights' ratio of resize to crop
+    assert models.load_pretrained("resnet50", weights=False, image_size=112).transforms.transforms[1].size == [116]

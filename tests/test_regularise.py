@@ -1,5 +1,6 @@
-"""The L2-SP penalty (zero at the source, gradient alpha * (w - w_source)) and the checkers of its chapter
-(copying layers, the paired t-interval, the decoupled L2-SP step)."""
+"""The L2-SP penalty (zero at the source, gradient alpha * (w - w_source)), the distance from the source weights,
+and the checkers of its chapter (copying layers, the paired t-interval, the prediction checked against the
+chapter's sweep, the decoupled L2-SP step)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from tl_helpers.checks import what_transfers as wt
-from tl_helpers.regularise import l2_sp_penalty, source_snapshot
+from tl_helpers.regularise import l2_sp_penalty, source_snapshot, weight_distance
 
 
 def net():
@@ -156,6 +157,43 @@ def test_checkers(checker, answer, expected, capsys):
     assert ok == (expected == "Correct")
 
 
+def test_weight_distance_is_the_euclidean_norm_of_the_change():
+    model = net()
+    source = source_snapshot(model, ["0"])
+    assert weight_distance(model, source) == 0.0
+    with torch.no_grad():
+        model[0].weight.add_(1.0)                       # 12 weights, each 1 away
+        model[2].weight.add_(5.0)                       # not in the reference: ignored
+    assert math.isclose(weight_distance(model, source), math.sqrt(12), rel_tol=1e-6)
+    with pytest.raises(KeyError, match="does not have"):
+        weight_distance(model, {"9.weight": torch.zeros(1)})
+
+
+def _results(verdicts: dict[str, str]) -> dict:
+    layers = {f"10: {name} - scratch": {"mean": {"ahead": 2.0, "tie": 0.1, "behind": -3.0}[v],
+                                        "ci95": [-1.0, 1.0], "verdict": v} for name, v in verdicts.items()}
+    return {"comparisons": {"layers": layers}}
+
+
+TRUTH = {"AnB 1": "tie", "AnB 2": "tie", "AnB 3": "behind", "AnB 4": "behind", "AnB+ 4": "ahead"}
+
+
+@pytest.mark.parametrize("frozen, finetuned, expected", [
+    (["tie", "tie", "behind", "behind"], "ahead", "Correct"),
+    (["tie", "tie", "tie", "behind"], "ahead", "1 of your 5 predictions did not hold"),
+    (["Tie ", "tie", "behind", "behind"], "AHEAD", "Correct"),          # case and spaces do not matter
+    (["tie", "tie", "behind"], "ahead", "a list of four words"),
+    ("tie", "ahead", "a list of four words"),
+    (["tie", "tie", "behind", "worse"], "ahead", "use one of the words"),
+    (["tie", "tie", "behind", "behind"], 1, "use one of the words"),
+])
+def test_prediction_checker(frozen, finetuned, expected, capsys):
+    ok = wt.check_layer_prediction(frozen, finetuned, _results(TRUTH), labels="10")
+    out = capsys.readouterr().out
+    assert expected in out, out
+    assert ok == (expected == "Correct")
+
+
 def test_exercise_ids():
-    assert sorted(wt.EXERCISES) == ["08.1", "08.2", "08.3"]
+    assert sorted(wt.EXERCISES) == ["08.1", "08.2", "08.3", "08.4"]
     assert all(e.chapter == "08" for e in wt.EXERCISES.values())

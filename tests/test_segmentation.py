@@ -12,9 +12,10 @@ from torch import nn
 
 from tl_helpers.checks import segmentation as seg_checks
 from tl_helpers.models import load_pretrained
-from tl_helpers.segmentation import (PHOTOS, CompositeDataset, LiteEncoder, Segmenter, UNetDecoder,
-                                     calibrate_batchnorm, cutouts_root, dice, downsampling_ends, encode,
-                                     iou, load_cutouts, make_composites, soft_dice_loss, t_interval)
+from tl_helpers.segmentation import (PHOTOS, CompositeDataset, LiteEncoder, Segmenter, SkipDecoder,
+                                     box_iou, calibrate_batchnorm, cutouts_root, dataset_iou, dice,
+                                     downsampling_ends, encode, iou, load_cutouts, make_composites, mask_to_box,
+                                     soft_dice_loss, t_interval)
 from tl_helpers.surgery import set_bn_eval
 
 
@@ -70,23 +71,36 @@ def test_calibrate_batchnorm_changes_statistics_not_weights():
     assert 0.05 < float(deepest.std()) < 50       # neither vanished nor exploded
 
 
+def test_calibrate_batchnorm_runs_without_drop_connect():
+    """Drop-connect (random) is off while calibrating: two calibrations under other random seeds agree."""
+    images = torch.randn(8, 3, 64, 64)
+    stats = []
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        enc = LiteEncoder(load_pretrained(weights=False).model)
+        torch.manual_seed(seed)
+        calibrate_batchnorm(enc, images, batch_size=4)
+        stats.append(torch.cat([m.running_var for m in enc.modules() if isinstance(m, nn.BatchNorm2d)]))
+    assert torch.equal(stats[0], stats[1])
+
+
 # --- decoder -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [96, 128])
 def test_decoder_outputs_one_logit_per_pixel(lite0, size):
     maps = LiteEncoder(lite0).eval()(torch.zeros(2, 3, size, size))
-    assert UNetDecoder()(maps).shape == (2, 1, size, size)
-    assert UNetDecoder([24, 40, 112, 320], (16, 24, 32), scale=4)(maps[1:]).shape == (2, 1, size, size)
-    assert UNetDecoder(out_channels=3)(maps).shape == (2, 3, size, size)
+    assert SkipDecoder()(maps).shape == (2, 1, size, size)
+    assert SkipDecoder([24, 40, 112, 320], (16, 24, 32), scale=4)(maps[1:]).shape == (2, 1, size, size)
+    assert SkipDecoder(out_channels=3)(maps).shape == (2, 3, size, size)
 
 
 def test_decoder_widths_must_match_maps():
     with pytest.raises(ValueError, match="widths"):
-        UNetDecoder([24, 40, 112, 320], (16, 24))
+        SkipDecoder([24, 40, 112, 320], (16, 24))
 
 
 def test_segmenter_trains_end_to_end(lite0):
-    net = Segmenter(LiteEncoder(load_pretrained(weights=False).model), UNetDecoder())
+    net = Segmenter(LiteEncoder(load_pretrained(weights=False).model), SkipDecoder())
     loss = soft_dice_loss(net(torch.randn(2, 3, 64, 64)), torch.ones(2, 1, 64, 64))
     loss.backward()
     assert net.encoder.stem[0].weight.grad is not None and net.decoder.head.weight.grad is not None
@@ -203,9 +217,21 @@ def test_check_iou_reference_and_wrong_answers(capsys):
         assert not ok and hint in out, out
 
 
-def finetune_net():
+class Tail(nn.Module):
+    """The encoder without its stride-2 map (as in chapter 11)."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x):
+        return self.encoder(x)[1:]
+
+
+def finetune_net(weights: bool = True, scale: int = 4):
     torch.manual_seed(0)
-    return Segmenter(LiteEncoder(load_pretrained(weights=False).model), UNetDecoder([24, 40, 112, 320], (16, 24, 32)))
+    return Segmenter(Tail(LiteEncoder(load_pretrained(weights=weights).model)),
+                     SkipDecoder([24, 40, 112, 320], (16, 24, 32), scale=scale))
 
 
 def optimizer_for(net, enc_lr=3e-4, dec_lr=1e-3, skip_decoder=False):
@@ -236,6 +262,12 @@ def test_check_finetune_setup_reference_and_wrong_answers(capsys):
     for p in frozen.encoder.parameters():
         p.requires_grad_(False)
     cases.append((frozen, optimizer_for(frozen), "requires_grad=True"))
+    random = finetune_net(weights=False)
+    set_bn_eval(random.encoder)
+    cases.append((random, optimizer_for(random), "ImageNet weights"))
+    wrong_scale = finetune_net(scale=2)
+    set_bn_eval(wrong_scale.encoder)
+    cases.append((wrong_scale, optimizer_for(wrong_scale), "one logit per pixel"))
     assert swapped is None
     for net, opt, hint in cases:
         ok, out = run(seg_checks.check_finetune_setup, net, opt, capsys=capsys)
@@ -264,6 +296,49 @@ def test_check_mask_to_box_reference_and_wrong_answers(capsys):
         assert not ok and hint in out, out
 
 
+def test_check_iou_summaries_reference_and_wrong_answers(capsys):
+    torch.manual_seed(0)
+    truth = torch.rand(6, 8, 8) > 0.7
+    pred = truth ^ (torch.rand(6, 8, 8) > 0.85)
+    pred[0] = False                                  # one missed object
+    per_image = iou(pred, truth).mean().item()
+    dataset, voc = dataset_iou(pred, truth), dataset_iou(pred, truth, include_background=True)
+    ok, out = run(seg_checks.check_iou_summaries, "higher", per_image, dataset, voc, pred, truth, capsys=capsys)
+    assert ok and "your prediction (higher) was right" in out, out
+    ok, out = run(seg_checks.check_iou_summaries, "lower", per_image, dataset, voc, pred, truth, capsys=capsys)
+    assert ok and "you predicted lower; it came out higher" in out, out
+    for args, hint in ((("maybe", per_image, dataset, voc), "write your prediction first"),
+                       (("same", dataset, dataset, voc), "that is the dataset number"),
+                       (("same", per_image, dataset, dataset), "the data-set IoU of the foreground and that of the"),
+                       (("same", per_image, "0.5", voc), "a number")):
+        ok, out = run(seg_checks.check_iou_summaries, *args, pred, truth, capsys=capsys)
+        assert not ok and hint in out, out
+
+
+def test_dataset_iou_and_dice_ranking_of_means():
+    a, b = torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.05])
+    dice_of = lambda v: 2 * v / (1 + v)  # noqa: E731
+    assert a.mean() < b.mean() and dice_of(a).mean() > dice_of(b).mean(), "the means rank differently"
+    big = torch.zeros(2, 10, 10, dtype=torch.bool); big[0] = True; big[1, 0, 0] = True
+    found = big.clone(); found[1] = False            # the large object found, the one-pixel object missed
+    assert iou(found, big).mean().item() == 0.5 and dataset_iou(found, big) == 100 / 101
+
+
+def test_check_boxes_reference_and_wrong_answers(capsys):
+    torch.manual_seed(0)
+    truth = torch.zeros(3, 8, 8, dtype=torch.bool); truth[:, 2:6, 1:5] = True
+    pred = truth.clone(); pred[0, 2, 1] = False; pred[1] = False; pred[2, 0, 7] = True
+    right = [box_iou(mask_to_box(p), mask_to_box(t)) for p, t in zip(pred, truth)]
+    ok, out = run(seg_checks.check_boxes, mask_to_box, right, pred, truth, capsys=capsys)
+    assert ok and "mean box IoU" in out, out
+    wrong = [box_iou(mask_to_box(p), mask_to_box(t)) if p.any() else 1.0 for p, t in zip(pred, truth)]
+    for fn, ious, hint in ((mask_to_box, wrong, "image 1"), (mask_to_box, sum(right), "one box IoU per image"),
+                           (mask_to_box, right[:2], "2 box IoUs for 3 images"),
+                           (lambda m: (0, 0, 0, 0), right, "x0, y0 are the smallest column")):
+        ok, out = run(seg_checks.check_boxes, fn, ious, pred, truth, capsys=capsys)
+        assert not ok and hint in out, out
+
+
 def test_exercise_ids():
-    assert list(seg_checks.EXERCISES) == ["11.1", "11.2", "11.3"]
+    assert list(seg_checks.EXERCISES) == ["11.1", "11.2", "11.3", "11.4"]
     assert all(e.chapter == "11" for e in seg_checks.EXERCISES.values())

@@ -3,7 +3,7 @@
 One module per idea, each importable on its own:
 
 - ``tl_helpers.runtime``: device, seeding, the cache folder
-- ``tl_helpers.data``: the Clipart dataset, splits, transforms, loaders, cached features
+- ``tl_helpers.data``: the Clipart dataset, its fixed split and cross-validation folds, transforms, loaders, cached features
 - ``tl_helpers.groups``: near-duplicate groups and splits that keep each group in one part
 - ``tl_helpers.models``: loading pretrained models offline
 - ``tl_helpers.surgery``: stages, freezing, heads, parameter groups
@@ -13,7 +13,7 @@ One module per idea, each importable on its own:
 - ``tl_helpers.recipe``: the course's recipe (``Recipe``, phase 1 on cached features, ``two_phase``)
 - ``tl_helpers.learning_curve``: the labels-per-class protocol (draws, intervals, paired gaps)
 - ``tl_helpers.paired_tests``: two models on the same test images (McNemar's test, paired bootstrap)
-- ``tl_helpers.evaluate``: predictions and metrics (accuracy, calibration, confidence intervals)
+- ``tl_helpers.evaluate``: predictions and metrics (accuracy, calibration), intervals (``Interval``) and the verdict words
 - ``tl_helpers.plots``: figures (matplotlib)
 - ``tl_helpers.checks``: instant feedback on the exercises
 - ``tl_helpers.widgets``: interactive explorers (ipywidgets), each with a static twin
@@ -23,11 +23,13 @@ One module per idea, each importable on its own:
 - ``tl_helpers.export``: TorchScript and ONNX export, checked against PyTorch
 - ``tl_helpers.cli``: the command line, ``python -m tl_helpers finetune|predict|export|evaluate``
 - ``tl_helpers.arrays``: small grayscale array datasets (Fashion-MNIST subset, MNIST digits)
-- ``tl_helpers.regularise``: regularisation towards the source weights (L2-SP)
+- ``tl_helpers.regularise``: regularisation towards the source weights (L2-SP), distance from them
+- ``tl_helpers.small_cnn``: a small CNN, the transfer of its first k layers, one training rule for every arm
 - ``tl_helpers.domains`` and ``tl_helpers.adaptation``: domain pairs, and AdaBN, CORAL, MMD, DANN
 - ``tl_helpers.text``: the offline MiniLM text encoder, the WordNet text set, tokenised loaders
-- ``tl_helpers.segmentation``: multi-scale encoder maps, a U-Net decoder, Dice and IoU
-- ``tl_helpers.distributed``: the recipe under torchrun and DDP
+- ``tl_helpers.segmentation``: multi-scale encoder maps, a light U-Net-style decoder, Dice and IoU, boxes
+- ``tl_helpers.distributed``: the recipe under torchrun and DDP, snapshots and resume
+- ``tl_helpers.distributed_main``: the program torchrun starts, ``torchrun ... -m tl_helpers.distributed_main FOLDER``
 - ``tl_helpers.files``: atomic writes (checkpoints, caches, results)
 
 Every helper is shown as plain PyTorch in a chapter before it is used.

@@ -218,3 +218,33 @@ def domain_pair(name: str = "synthetic->mnist", n_source: int = 2000, n_target: 
         "target_val": _take(tgt_X, tgt_y, tgt_idx[a:b]),
         "target_test": _take(tgt_X, tgt_y, tgt_idx[b:]),
     }
+
+
+def clip_art_on_photos(images: np.ndarray, seed: int = 0, threshold: int = 235,
+                       photos: tuple[str, ...] = PHOTOS) -> np.ndarray:
+    """Clip art drawn on white, moved onto photographs: a second domain for the same drawings' classes.
+
+    ``images`` is uint8 ``n x h x w x 3``. The background is every near-white pixel (all channels at least
+    ``threshold``) connected to the image border, so white parts *inside* a drawing stay white; it is
+    replaced by a random crop of a random colour photo that scikit-image ships (no download).
+
+    >>> X = np.full((2, 40, 40, 3), 255, np.uint8); X[:, 10:30, 10:30] = (200, 0, 0)
+    >>> M = clip_art_on_photos(X, seed=0)
+    >>> M.shape, bool((M[:, 10:30, 10:30] == (200, 0, 0)).all()), bool((M[:, :5] == 255).all())
+    ((2, 40, 40, 3), True, False)
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    pictures = _photos(tuple(photos))
+    n, h, w, _ = images.shape
+    out = images.copy()
+    for i in range(n):
+        white = (images[i] >= threshold).all(axis=2)
+        regions, _ = ndimage.label(white)
+        border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+        background = np.isin(regions, border[border > 0])
+        photo = pictures[rng.integers(len(pictures))]
+        top, left = rng.integers(photo.shape[0] - h), rng.integers(photo.shape[1] - w)
+        out[i][background] = photo[top:top + h, left:left + w][background]
+    return out

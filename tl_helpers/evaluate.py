@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -149,12 +150,13 @@ def expected_calibration_error(probs, y_true, n_bins: int = 10) -> float:
     return reliability_curve(probs, y_true, n_bins)["ece"]
 
 
-def bootstrap_ci(y_true, y_pred, n: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
-    """(accuracy, low, high): a percentile bootstrap confidence interval of the accuracy.
+def bootstrap_ci(y_true, y_pred, n: int = 1000, alpha: float = 0.05, seed: int = 0) -> Interval:
+    """The accuracy and its percentile bootstrap interval, as an :class:`Interval` (unpacks as acc, low, high).
 
     The test set is resampled with replacement ``n`` times; the interval holds the central
-    1 - ``alpha`` of the resampled accuracies. On 126 test images it is about +-8 points wide at 80 %:
-    differences of a few points between recipes are noise.
+    1 - ``alpha`` of the resampled accuracies. It covers the test images' sampling noise only (one trained
+    model, one test set). On 126 test images it is about +-8 points wide at 80 %: differences of a few
+    points between recipes are noise.
 
     >>> acc, low, high = bootstrap_ci([0, 1] * 50, [0, 1] * 40 + [1, 0] * 10)
     >>> acc, low <= acc <= high
@@ -164,25 +166,11 @@ def bootstrap_ci(y_true, y_pred, n: int = 1000, alpha: float = 0.05, seed: int =
     rng = np.random.default_rng(seed)
     samples = correct[rng.integers(0, len(correct), size=(n, len(correct)))].mean(axis=1)
     low, high = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
-    return float(correct.mean()), float(low), float(high)
+    return Interval(float(correct.mean()), float(low), float(high), 1 - alpha, len(correct),
+                    f"percentile bootstrap ({n} resamples)")
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of a few repeated measurements (seeds, splits) and its t-interval.
-
-    Student's t with n - 1 degrees of freedom: with 5 splits the half-width is 2.78 standard errors.
-
-    >>> [round(v, 2) for v in mean_interval([70.0, 72.0, 74.0])]
-    [72.0, 67.03, 76.97]
-    """
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return mean, mean - half, mean + half
+VERDICTS = ("ahead", "tie", "behind")
 
 
 def verdict(low: float, high: float) -> str:
@@ -199,21 +187,128 @@ def verdict(low: float, high: float) -> str:
     return "tie"
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
-    """``a - b`` measured in pairs (the same splits or seeds for both): mean difference, its t-interval
-    over the pairs, and the verdict for ``a`` against ``b``.
+@dataclass(frozen=True)
+class Interval:
+    """A mean (or a mean difference) with its interval: the one result type of the course's statistics.
+
+    ``level`` is the confidence level (0.95: a 95 % interval), ``n`` the number of measurements (seeds,
+    splits, folds, draws or images) and ``method`` how the interval was made. ``verdict`` applies the one
+    rule for words (:func:`verdict`) to a difference. It unpacks as ``mean, low, high`` and reads like a
+    dict too (``iv["low"]``).
+
+    >>> iv = Interval(2.0, 0.5, 3.5, n=5)
+    >>> mean, low, high = iv
+    >>> iv.verdict, iv.half_width, iv["verdict"]
+    ('ahead', 1.5, 'ahead')
+    """
+
+    mean: float
+    low: float
+    high: float
+    level: float = 0.95
+    n: int = 0
+    method: str = "t"
+
+    def __iter__(self):
+        return iter((self.mean, self.low, self.high))
+
+    def __getitem__(self, key: str):
+        if key not in {"mean", "low", "high", "level", "n", "method", "verdict", "half_width"}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.low, self.high)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def scaled(self, factor: float) -> "Interval":
+        """The same interval in other units (e.g. ``factor=100`` for percentage points)."""
+        return replace(self, mean=self.mean * factor, low=self.low * factor, high=self.high * factor)
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (for results files), with the verdict."""
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def cv_test_train_ratio(folds: int) -> float:
+    """``n_test / n_train`` of k-fold cross-validation: 1 / (k - 1) (each fold tests on 1 part, learns on k - 1).
+
+    >>> cv_test_train_ratio(5)
+    0.25
+    """
+    if folds < 2:
+        raise ValueError(f"folds={folds}: cross-validation needs at least 2 folds.")
+    return 1 / (folds - 1)
+
+
+def interval(values: Sequence[float], level: float = 0.95, test_train_ratio: float | None = None) -> Interval:
+    """The mean of a few repeated measurements (seeds, splits, folds, draws) and its Student-t interval.
+
+    The measurements are treated as independent: ``n - 1`` degrees of freedom, half-width ``t * s / sqrt(n)``
+    (with 5 values, 2.78 standard errors). That holds for seeds or draws scored on one fixed test set (the
+    interval then covers what changes between seeds, not the test set's own sampling noise).
+
+    Splits of one data set are not independent: their training parts overlap, so their results move
+    together and ``s`` underestimates the spread (Nadeau & Bengio, "Inference for the Generalization Error",
+    Machine Learning 2003). Give ``test_train_ratio`` = ``n_test / n_train`` of each split for their
+    corrected resampled t: the variance is ``s**2 * (1 / n + n_test / n_train)`` instead of ``s**2 / n``, still with
+    ``n - 1`` degrees of freedom. For k-fold cross-validation the ratio is ``1 / (k - 1)``
+    (:func:`cv_test_train_ratio`; Bouckaert & Frank 2004 use the same correction for repeated k-fold).
+
+    >>> iv = interval([70.0, 72.0, 74.0])
+    >>> [round(v, 2) for v in iv], iv.n, iv.method
+    ([72.0, 67.03, 76.97], 3, 't')
+    >>> [round(v, 2) for v in interval([70.0, 72.0, 74.0], test_train_ratio=0.25)]
+    [72.0, 65.43, 78.57]
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError("interval() needs a non-empty sequence of numbers (one per seed, split, fold or draw).")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level}: give the confidence level as a fraction, e.g. 0.95.")
+    mean, n = float(x.mean()), len(x)
+    method = "t" if test_train_ratio is None else f"corrected t (n_test/n_train {test_train_ratio:.3g})"
+    if n < 2:
+        return Interval(mean, float("nan"), float("nan"), level, n, method)
+    factor = 1 / n + (test_train_ratio or 0.0)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) * np.sqrt(factor))
+    return Interval(mean, mean - half, mean + half, level, n, method)
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): :func:`interval` as a plain tuple (for code that indexes it).
+
+    >>> [round(v, 2) for v in mean_interval([70.0, 72.0, 74.0])]
+    [72.0, 67.03, 76.97]
+    """
+    return tuple(interval(values, level))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95,
+                      test_train_ratio: float | None = None) -> Interval:
+    """``a - b`` measured in pairs (the same splits, folds or seeds for both): the :func:`interval` of the
+    differences, whose ``verdict`` is the word for ``a`` against ``b``.
 
     Pairing removes what the two share (an easy split is easy for both), so the interval is narrower
-    than the two intervals side by side.
+    than the two intervals side by side. Over the folds of a cross-validation pass ``test_train_ratio``
+    (the corrected t; see :func:`interval`).
 
-    >>> d = paired_difference([80, 74, 77, 71, 76], [78, 72, 76, 70, 73])
-    >>> round(d["mean"], 1), d["verdict"], d["n"]
-    (1.8, 'ahead', 5)
+    >>> d = paired_difference([80, 74, 77, 71, 76], [78, 73, 77, 70, 74])
+    >>> round(d.mean, 1), d.verdict, d.n
+    (1.2, 'ahead', 5)
+    >>> paired_difference([80, 74, 77, 71, 76], [78, 73, 77, 70, 74], test_train_ratio=0.25).verdict
+    'tie'
     """
-    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    mean, low, high = mean_interval(diffs, level)
-    return {"mean": mean, "low": low, "high": high, "n": len(diffs), "level": level,
-            "verdict": verdict(low, high)}
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"{len(a)} and {len(b)} values: a paired difference needs one value of each per split.")
+    return interval(a - b, level, test_train_ratio)
 
 
 def temperature_scale(logits: torch.Tensor, T: float) -> torch.Tensor:

@@ -28,15 +28,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tl_helpers.imagefolder import DataError, Prediction, read_images, top_predictions
+from tl_helpers.imagefolder import DataError, Prediction, read_images, top_predictions, training_side
 
 FORMATS = ("onnx", "torchscript")
 META_KEY = "tl_helpers"
+TOLERANCE = 1e-4   # largest probability difference to PyTorch, on the same input tensors, that an export may show
 
 
-def _description(ft) -> dict:
+def description(ft) -> dict:
+    """What an exported file carries besides the network: classes, architecture, preprocessing (image size,
+    mean, std, the side files are decoded to), the augmentation it was trained with, versions. ``export_onnx``
+    stores it as the ONNX metadata ``tl_helpers`` (JSON), ``export_torchscript`` as an extra file."""
     return {"classes": list(ft.classes), "architecture": ft.architecture, "image_size": ft.image_size,
-            "mean": list(ft.mean), "std": list(ft.std), "versions": dict(ft.versions)}
+            "mean": list(ft.mean), "std": list(ft.std), "versions": dict(ft.versions),
+            "decode_side": training_side(ft.image_size), "augmentation": dict(getattr(ft, "augmentation", {}))}
 
 
 def _example(ft, batch: int = 2):
@@ -60,7 +65,7 @@ def export_torchscript(ft, path: str | Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(ft).to(next(model.parameters()).device))
-        torch.jit.save(traced, str(path), _extra_files={f"{META_KEY}.json": json.dumps(_description(ft))})
+        torch.jit.save(traced, str(path), _extra_files={f"{META_KEY}.json": json.dumps(description(ft))})
     return path
 
 
@@ -94,7 +99,7 @@ def export_onnx(ft, path: str | Path, opset: int = 18) -> Path:
                           input_names=["images"], output_names=["logits"],
                           dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(_description(ft))})
+    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(description(ft))})
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
@@ -115,8 +120,8 @@ def onnx_preprocess(img: Image.Image, image_size: int, mean: Sequence[float], st
     """The evaluation preprocessing in NumPy and Pillow: (3, size, size) float32, channels first.
 
     Shorter side resized to ``image_size`` (bilinear, antialiased), centre crop, [0, 1], normalised: the
-    same steps as :func:`tl_helpers.data.eval_transform`, whose pixels it matches to within one level
-    of 255 (torchvision resizes a tensor, Pillow the image).
+    same steps as :func:`tl_helpers.data.eval_transform`, whose pixels it matches exactly (both resize with
+    Pillow).
     """
     w, h = img.size
     new_w, new_h = (image_size, int(image_size * h / w)) if w <= h else (int(image_size * w / h), image_size)
@@ -163,6 +168,11 @@ class OnnxClassifier:
         self.classes = list(self.description["classes"])
         self.input_name = self.session.get_inputs()[0].name
 
+    @property
+    def side(self) -> int:
+        """The shorter side files are decoded to before :meth:`preprocess`, as in training."""
+        return int(self.description.get("decode_side") or training_side(self.description["image_size"]))
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a (N, 3, H, W) float32 batch already preprocessed."""
         logits = self.session.run(None, {self.input_name: np.asarray(batch, dtype=np.float32)})[0]
@@ -173,16 +183,35 @@ class OnnxClassifier:
         d = self.description
         return np.stack([onnx_preprocess(img, d["image_size"], d["mean"], d["std"]) for img in images])
 
-    def image_probabilities(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Class probabilities of PIL images, ``batch_size`` at a time."""
-        rows = [self.probabilities(self.preprocess(images[i:i + batch_size]))
-                for i in range(0, len(images), batch_size)]
+    def _check_tta(self) -> None:
+        if not self.description.get("augmentation", {}).get("flip", True):
+            raise DataError("This model was trained without flips (--no-flip), so flip test-time augmentation "
+                            "would average in an input it never learnt: leave out --tta / tta=True.")
+
+    def image_probabilities(self, images: Sequence[Image.Image], batch_size: int = 32, tta: bool = False,
+                            progress: bool = False) -> np.ndarray:
+        """Class probabilities of PIL images, ``batch_size`` at a time; ``tta`` averages each with its mirror image."""
+        from tqdm.auto import tqdm
+
+        if tta:
+            self._check_tta()
+        rows = []
+        for i in tqdm(range(0, len(images), batch_size), desc="predicting", disable=not progress, leave=False):
+            batch = self.preprocess(images[i:i + batch_size])
+            p = self.probabilities(batch)
+            if tta:
+                p = (p + self.probabilities(np.ascontiguousarray(batch[..., ::-1]))) / 2
+            rows.append(p)
         return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
 
-    def predict(self, inputs, top_k: int = 1, batch_size: int = 32, skip_bad: bool = False) -> list[Prediction]:
+    def predict(self, inputs, top_k: int = 1, batch_size: int = 32, skip_bad: bool = False, tta: bool = False,
+                progress: bool = False) -> list[Prediction]:
         """Class and probability per image (paths, folders, PIL images), like ``FineTuned.predict``."""
-        names, images, bad = read_images(inputs, skip_bad)
-        return top_predictions(names, self.image_probabilities(images, batch_size), self.classes, top_k, bad)
+        if tta:
+            self._check_tta()
+        names, images, bad = read_images(inputs, skip_bad, side=self.side)
+        probs = self.image_probabilities(images, batch_size, tta, progress)
+        return top_predictions(names, probs, self.classes, top_k, bad)
 
 
 _NO_TORCH = """
@@ -219,14 +248,15 @@ def run_without_torch(onnx_path: str | Path, images: Sequence[str | Path], top_k
 def compare_with_pytorch(ft, exported: str | Path, images, batch_size: int = 32) -> dict:
     """How far an exported file's probabilities are from the PyTorch model's, on the same images.
 
-    ``images`` are paths, folders or PIL images. The same preprocessed tensors go into both models
-    (for ONNX also the file's own NumPy preprocessing, as deployed). Returns ``max_prob_diff`` (the
-    largest absolute difference of any class probability), ``same_top1`` (fraction of images with the
-    same top class) and ``n``; for ONNX also ``max_prob_diff_own_preprocessing``.
+    ``images`` are paths, folders or PIL images, read as training read them. The same preprocessed tensors
+    go into both models (for ONNX also the file's own NumPy preprocessing, as deployed). Returns
+    ``max_prob_diff`` (the largest absolute difference of any class probability), ``same_top1`` (fraction
+    of images with the same top class) and ``n``; for ONNX also ``max_prob_diff_own_preprocessing``
+    (the same pixels as ``eval_transform``'s, so only float rounding is left).
     """
     import torch
 
-    _, pil, _ = read_images(images, skip_bad=True)
+    _, pil, _ = read_images(images, skip_bad=True, side=training_side(ft.image_size))
     exported = Path(exported)
     tensors = torch.stack([ft.transform(img) for img in pil])
     with torch.no_grad():
@@ -246,3 +276,25 @@ def compare_with_pytorch(ft, exported: str | Path, images, batch_size: int = 32)
     out["max_prob_diff"] = float(np.abs(probs - reference).max())
     out["same_top1"] = float(np.mean(probs.argmax(1) == reference.argmax(1)))
     return out
+
+
+def export_problems(result: dict, tolerance: float = TOLERANCE) -> list[str]:
+    """What is wrong with an export, from :func:`compare_with_pytorch`'s ``result`` (empty: nothing).
+
+    On the same input tensors an export must give PyTorch's probabilities to within ``tolerance`` and the
+    same top class on every image; otherwise it computes something else (a wrong opset, an operator
+    exported differently, a changed file) and must not be shipped.
+
+    >>> export_problems({"n": 8, "max_prob_diff": 3e-7, "same_top1": 1.0})
+    []
+    >>> export_problems({"n": 8, "max_prob_diff": 0.2, "same_top1": 0.75})
+    ['largest probability difference to PyTorch 2.0e-01 > tolerance 1.0e-04', 'top class differs on 2 of 8 images']
+    """
+    problems = []
+    if not result["max_prob_diff"] <= tolerance:      # also catches NaN
+        problems.append(f"largest probability difference to PyTorch {result['max_prob_diff']:.1e} > tolerance "
+                        f"{tolerance:.1e}")
+    wrong = round((1 - result["same_top1"]) * result["n"])
+    if wrong:
+        problems.append(f"top class differs on {wrong} of {result['n']} images")
+    return problems

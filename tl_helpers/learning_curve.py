@@ -60,21 +60,24 @@ def labels_per_class_curve(score: Callable[[list[int], int], float], targets: Se
 
 
 def summarise(curve: dict, level: float = 0.95) -> dict:
-    """``{k: (mean, low, high)}``: the mean over draws and its t-interval (``evaluate.mean_interval``).
+    """``{k: Interval}``: the mean over draws and its t-interval (``evaluate.interval``).
+
+    All draws are scored on the same test part, so the interval covers what changes from draw to draw
+    (which images, the training's randomness) for this test part, not the test part's own noise.
 
     >>> {k: [round(v, 3) for v in m] for k, m in summarise({5: [0.5, 0.6, 0.7]}).items()}
     {5: [0.6, 0.352, 0.848]}
     """
-    from tl_helpers.evaluate import mean_interval
+    from tl_helpers.evaluate import interval
 
-    return {k: mean_interval(v, level) for k, v in curve.items()}
+    return {k: interval(v, level) for k, v in curve.items()}
 
 
 def paired_gaps(curve_a: dict, curve_b: dict, level: float = 0.95) -> dict:
-    """``{k: paired_difference(a, b)}`` for every ``k`` of two curves drawn on the same draws.
+    """``{k: paired_difference(a, b)}`` (an ``Interval``) for every ``k`` of two curves drawn on the same draws.
 
     >>> gaps = paired_gaps({5: [0.6, 0.7, 0.65]}, {5: [0.2, 0.25, 0.3]})
-    >>> round(gaps[5]["mean"], 2), gaps[5]["verdict"]
+    >>> round(gaps[5].mean, 2), gaps[5].verdict
     (0.4, 'ahead')
     """
     from tl_helpers.evaluate import paired_difference

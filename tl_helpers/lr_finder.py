@@ -21,21 +21,38 @@ from tl_helpers.runtime import get_device
 from tl_helpers.surgery import train_mode
 
 
+def smooth_centred(values: list[float], window: int = 3) -> list[float]:
+    """A centred running mean over ``window`` points (fewer at the ends): smoothing without a lag.
+
+    >>> smooth_centred([1.0, 2.0, 6.0, 4.0])
+    [1.5, 3.0, 4.0, 5.0]
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window={window}: give an odd number of points (1, 3, 5...).")
+    half = window // 2
+    return [float(np.mean(values[max(0, i - half):i + half + 1])) for i in range(len(values))]
+
+
 def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer | Callable,
                   loss_fn: Callable | None = None, start_lr: float = 1e-6, end_lr: float = 1.0,
                   steps: int = 50, device: torch.device | str | None = None, beta: float = 0.9,
-                  diverge: float = 4.0) -> tuple[list[float], list[float]]:
+                  diverge: float = 4.0, window: int = 3) -> tuple[list[float], list[float]]:
     """The learning-rate range test (Smith 2015; fastai's ``lr_find``): train a few batches with an
     exponentially growing learning rate and record the loss.
 
     ``optimizer`` is an optimizer over the model's parameters, or a factory ``params -> optimizer``;
     every parameter group gets the same learning rate at each step. The test stops early once the
-    smoothed loss exceeds ``diverge`` times its minimum (or is NaN). Losses are smoothed with an
-    exponential moving average (``beta``, bias-corrected). Afterwards the model's weights, buffers
-    (BatchNorm statistics), train/eval modes and the optimizer's state are restored, and so are the
-    random generators (torch, CUDA, NumPy, Python's ``random`` and the loader's own generator), so the
-    test changes neither the model nor the training that follows it. Returns (learning rates, smoothed
-    losses).
+    loss, smoothed by an exponential moving average (``beta``, bias-corrected, as fastai does), exceeds
+    ``diverge`` times its minimum (or is NaN). Afterwards the model's weights, buffers (BatchNorm
+    statistics), train/eval modes and the optimizer's state are restored, and so are the random generators
+    (torch, CUDA, NumPy, Python's ``random`` and the loader's own generator), so the test changes neither
+    the model nor the training that follows it.
+
+    Returns (learning rates, losses smoothed by a *centred* running mean of ``window`` steps,
+    :func:`smooth_centred`). The moving average only decides when to stop: it trails the raw loss (with
+    ``beta=0.9`` each value is mostly the losses of the last several steps), and on a short test, where one
+    step moves the rate by a third of a decade, that lag shifts the whole curve, its steepest point and its
+    minimum included, towards higher rates. A centred mean has no lag.
     """
     device = torch.device(device) if device is not None else get_device()
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
@@ -46,7 +63,7 @@ def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
         saved_opt = copy.deepcopy(optimizer.state_dict())
     else:
         optimizer, saved_opt = optimizer([p for p in model.parameters() if p.requires_grad]), None
-    lrs, losses = [], []
+    lrs, raw = [], []
     avg, best = 0.0, math.inf
     rng = rng_state(loader)
     python_rng = random.getstate()
@@ -72,7 +89,7 @@ def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
             avg = beta * avg + (1 - beta) * float(loss.detach())
             smooth = avg / (1 - beta ** (i + 1))
             lrs.append(lr)
-            losses.append(smooth)
+            raw.append(float(loss.detach()))
             best = min(best, smooth)
             if smooth > diverge * best:
                 break
@@ -84,16 +101,19 @@ def lr_range_test(model: nn.Module, loader: Iterable, optimizer: torch.optim.Opt
             optimizer.load_state_dict(saved_opt)
         set_rng_state(rng, loader)
         random.setstate(python_rng)
-    return lrs, losses
+    return lrs, smooth_centred(raw, window)
 
 
 def suggest_lr(lrs: list[float], losses: list[float], method: str = "steepest") -> float:
     """A learning rate read off a range test.
 
     ``"steepest"`` (default): where the smoothed loss falls fastest against log(lr), looking only
-    at the rates *below* the one of the lowest loss (fastai's ``valley``-style reading, robust on short
-    tests): the suggestion is always smaller than the minimum's rate. ``"min10"``: the learning rate of
-    the lowest loss divided by 10 (the classic rule of thumb).
+    at the rates *below* the one of the lowest loss: fastai's ``steep`` suggestion ("when the slope is the
+    steepest"), kept left of the minimum so that a noisy drop after it is never read; the suggestion is
+    always smaller than the minimum's rate. (fastai's default, ``valley``, reads the longest downhill stretch
+    instead, and Smith's test reads where accuracy stops improving.) ``"min10"``: the learning rate of the
+    lowest loss divided by 10 (the classic rule of thumb). Read it as a sanity check on a rate: on a few
+    noisy batches the suggestion moves by a factor of a few from run to run.
 
     >>> lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
     >>> losses = [2.0, 1.9, 1.4, 0.9, 0.8, 3.0]

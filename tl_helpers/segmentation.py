@@ -1,7 +1,8 @@
 """Dense prediction with a pretrained backbone: composite data with free masks, the Lite encoder's
-multi-scale feature maps, a small U-Net decoder, Dice and IoU, and mask overlays.
+multi-scale feature maps, a light U-Net-style decoder (:class:`SkipDecoder`), IoU and Dice per image and over a
+data set, boxes from masks, and mask overlays.
 
->>> from tl_helpers.segmentation import CompositeDataset, LiteEncoder, UNetDecoder
+>>> from tl_helpers.segmentation import CompositeDataset, LiteEncoder, SkipDecoder
 >>> from tl_helpers.models import load_pretrained
 >>> data = CompositeDataset(4, split="val", size=64, seed=0)
 >>> x, m = data[0]
@@ -10,7 +11,7 @@ multi-scale feature maps, a small U-Net decoder, Dice and IoU, and mask overlays
 >>> encoder = LiteEncoder(load_pretrained("efficientnet_lite0").model)
 >>> [tuple(f.shape[1:]) for f in encoder(x[None])]
 [(16, 32, 32), (24, 16, 16), (40, 8, 8), (112, 4, 4), (320, 2, 2)]
->>> UNetDecoder(encoder.channels)(encoder(x[None])).shape
+>>> SkipDecoder(encoder.channels)(encoder(x[None])).shape
 torch.Size([1, 1, 64, 64])
 """
 
@@ -275,15 +276,19 @@ class UpBlock(nn.Module):
         return F.relu(self.bn(self.conv(torch.cat([x, skip], dim=1))))
 
 
-class UNetDecoder(nn.Module):
-    """A small U-Net decoder over the encoder's maps (finest first, as :class:`LiteEncoder` returns them).
+class SkipDecoder(nn.Module):
+    """A light U-Net-style decoder over the encoder's maps (finest first, as :class:`LiteEncoder` returns them).
 
-    The deepest map goes through a 1x1 convolution to ``widths[-1]`` channels; then, from deep to
-    fine, each :class:`UpBlock` upsamples, concatenates the next skip and convolves to ``widths[k]``;
-    a 1x1 convolution gives ``out_channels`` logits at stride 2, upsampled bilinearly to the input
-    size (``scale`` times the finest map). Default widths suit CPU training of 96-128 px images.
+    U-Net's idea (upsample, concatenate the skip connection from the encoder, convolve), built lighter than
+    Ronneberger et al.'s U-Net or segmentation_models_pytorch's ``Unet``: one 3x3 convolution per level
+    instead of two, a 1x1 "lateral" convolution on the deepest map (as in a feature pyramid network), and
+    logits at the finest map's resolution, upsampled bilinearly (as smp's ``FPN`` head does), not computed at
+    full resolution. The deepest map goes to ``widths[-1]`` channels; then, from deep to fine, each
+    :class:`UpBlock` upsamples, concatenates the next skip and convolves to ``widths[k]``; a 1x1 convolution
+    gives ``out_channels`` logits at the finest map's stride, upsampled by ``scale`` to the input size (with
+    Lite's five maps and ``scale=2``: stride 2; chapter 11 leaves out the stride-2 map and uses ``scale=4``).
 
-    >>> dec = UNetDecoder([4, 8], widths=(6,))
+    >>> dec = SkipDecoder([4, 8], widths=(6,))
     >>> dec([torch.zeros(2, 4, 8, 8), torch.zeros(2, 8, 4, 4)]).shape
     torch.Size([2, 1, 16, 16])
     """
@@ -347,7 +352,9 @@ def calibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
     A network with random weights has the running statistics of a fresh BatchNorm (mean 0, variance 1),
     which match nothing: in eval mode its activations shrink or grow layer after layer. Measuring the
     statistics on some (unlabelled) images gives it a fair start. The statistics are the exact average
-    over all batches (``momentum=None``); the model is left in eval mode.
+    over all batches (``momentum=None``). Only the BatchNorm layers are put in training mode: dropout and
+    EfficientNet's drop-connect stay off, so the statistics are those of the network that eval mode runs.
+    The model is left in eval mode.
 
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
     >>> y = calibrate_batchnorm(net, 5 + torch.randn(8, 1, 4, 4))(5 + torch.randn(8, 1, 4, 4))
@@ -356,10 +363,11 @@ def calibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in bns]
+    model.eval()
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+        m.train()
     for i in range(0, len(images), batch_size):
         model(images[i:i + batch_size])
     for m, momentum in zip(bns, momenta):
@@ -392,6 +400,11 @@ def _binary(masks) -> torch.Tensor:
 def iou(pred, target) -> torch.Tensor:
     """Intersection over union of binary masks, one value per image (batch first; 1.0 when both are empty).
 
+    Their mean over a data set weighs every image alike; benchmarks sum over the data set first
+    (:func:`dataset_iou`). Per image, Dice = 2 IoU / (1 + IoU) ranks two predictions as IoU does; for means
+    over several images it need not: IoUs (0.5, 0.5) have the lower mean IoU (0.500 < 0.525) but the higher
+    mean Dice (0.667 > 0.548) than IoUs (1.0, 0.05).
+
     >>> a = torch.tensor([[[1, 1], [0, 0]]]); b = torch.tensor([[[1, 0], [0, 0]]])
     >>> iou(a, b)
     tensor([0.5000])
@@ -403,10 +416,63 @@ def iou(pred, target) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def dataset_iou(pred, target, include_background: bool = False) -> float:
+    """IoU over the whole data set: intersections and unions summed over all images first, then divided.
+
+    Benchmarks score segmentation this way (Pascal VOC, torchvision's segmentation references and Keras'
+    ``MeanIoU`` accumulate a confusion matrix over the data set), so a large object weighs more than a small
+    one; the mean of per-image IoUs (:func:`iou`) weighs every image alike. The two are different numbers
+    and are not comparable. ``include_background=True`` gives the mean over the two classes (background and
+    foreground) of their data-set IoUs: VOC's mean IoU for a two-class problem.
+
+    >>> a = torch.tensor([[[1, 1], [0, 0]], [[1, 0], [0, 0]]]); b = torch.tensor([[[1, 0], [0, 0]], [[1, 0], [0, 0]]])
+    >>> iou(a, b).mean().item(), dataset_iou(a, b), round(dataset_iou(a, b, include_background=True), 4)
+    (0.75, 0.6666666666666666, 0.75)
+    """
+    p, t = _binary(pred), _binary(target)
+    if p.shape != t.shape:
+        raise ValueError(f"Masks of different shapes: {tuple(p.shape)} and {tuple(t.shape)}.")
+    foreground = float((p & t).sum()) / max(float((p | t).sum()), 1.0)
+    if not include_background:
+        return foreground
+    background = float((~p & ~t).sum()) / max(float((~p | ~t).sum()), 1.0)
+    return (foreground + background) / 2
+
+
+def mask_to_box(mask) -> tuple[int, int, int, int] | None:
+    """The smallest box (x0, y0, x1, y1) around a mask's foreground, x1 and y1 exclusive (as ``mask[y0:y1,
+    x0:x1]`` slices it); ``None`` for an empty mask.
+
+    >>> m = np.zeros((4, 5), dtype=bool); m[1:3, 2:4] = True
+    >>> mask_to_box(m), mask_to_box(np.zeros((2, 2), dtype=bool))
+    ((2, 1, 4, 3), None)
+    """
+    ys, xs = np.nonzero(np.asarray(mask))
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def box_iou(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None) -> float:
+    """IoU of two boxes (x0, y0, x1, y1), exclusive ends; 1.0 when both are missing, 0.0 when one is.
+
+    >>> box_iou((0, 0, 2, 2), (1, 0, 3, 2)), box_iou(None, None), box_iou((0, 0, 1, 1), None)
+    (0.3333333333333333, 1.0, 0.0)
+    """
+    if a is None or b is None:
+        return 1.0 if a is None and b is None else 0.0
+    w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
 def dice(pred, target) -> torch.Tensor:
     """Dice coefficient (F1 of the pixels) of binary masks, one value per image (1.0 when both are empty).
 
-    Dice = 2|A and B| / (|A| + |B|) = 2 IoU / (1 + IoU): the same ranking as IoU, kinder to small errors.
+    Dice = 2|A and B| / (|A| + |B|) = 2 IoU / (1 + IoU) for each image, so one image's two scores rank
+    predictions alike; their *means* over a data set need not (see :func:`iou`).
 
     >>> a = torch.tensor([[[1, 1], [0, 0]]]); b = torch.tensor([[[1, 0], [0, 0]]])
     >>> dice(a, b)

@@ -292,7 +292,9 @@ def param_groups(model: nn.Module, head_lr: float, backbone_lr: float, decay: fl
     With ``weight_decay`` > 0 each group is split in two: its weight matrices and convolution kernels
     decay, while its BatchNorm scales/shifts and biases (the 1-D parameters) go to a twin group named
     ``<name>.no_decay`` with weight decay 0. Pulling a BatchNorm scale or a bias towards zero is no
-    regulariser, it only fights the pretrained values (the convention of timm and fastai).
+    regulariser, it only fights the pretrained values (the convention of timm and fastai). Every group
+    carries its ``weight_decay`` explicitly, so the default ``weight_decay=0.0`` switches weight decay off
+    even in ``torch.optim.AdamW`` (whose own default is 0.01): pass the value you want.
 
     >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
     >>> [(g["name"], g["lr"]) for g in param_groups(net, 1e-2, 1e-3, decay=0.5)]

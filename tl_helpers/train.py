@@ -15,6 +15,7 @@ A phase of fine-tuning (``tl_helpers.recipe`` holds the course's whole recipe)::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -129,8 +130,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     ``accumulate=k`` splits every batch into ``k`` chunks and accumulates their gradients before the
     one optimizer step of the batch (each chunk's loss weighted by its share of the batch). The step is
     the whole batch's when no layer mixes the samples of a batch (BatchNorm in eval mode, as in the
-    course's recipe), and the activations held for the backward pass are a chunk's: about ``1/k``
-    of the memory, for the same amount of computation.
+    course's recipe) and nothing random runs; with dropout or drop-connect in training mode each chunk
+    draws its own masks, so the step is the same only in distribution (a run with the same ``k`` is
+    repeatable). The activations held for the backward pass are a chunk's: about ``1/k`` of the memory,
+    for the same amount of computation. A DistributedDataParallel model accumulates the first ``k - 1``
+    chunks inside its ``no_sync()``, so the gradients are averaged over the processes once per step, not
+    once per chunk.
     """
     if accumulate < 1:
         raise ValueError(f"accumulate={accumulate}: give the number of chunks per batch, 1 or more.")
@@ -144,14 +149,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         batch_loss = 0.0
-        for xc, yc in zip(x.chunk(accumulate), y.chunk(accumulate)):   # accumulate=1: the batch itself
-            with torch.autocast(device.type, enabled=scaler is not None):
-                logits = model(xc)
-                loss = loss_fn(logits, yc)
-            if not torch.isfinite(loss):
-                raise _nan_error(loss, i, xc)
-            loss = loss * (len(yc) / len(y))   # chunk means, weighted, add up to the batch mean (x 1.0: exact)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+        chunks = list(zip(x.chunk(accumulate), y.chunk(accumulate)))   # accumulate=1: the batch itself
+        for k, (xc, yc) in enumerate(chunks):
+            # under DDP only the last chunk's backward averages the gradients over the processes (no_sync)
+            quiet = model.no_sync() if k < len(chunks) - 1 and hasattr(model, "no_sync") else contextlib.nullcontext()
+            with quiet:
+                with torch.autocast(device.type, enabled=scaler is not None):
+                    logits = model(xc)
+                    loss = loss_fn(logits, yc)
+                if not torch.isfinite(loss):
+                    raise _nan_error(loss, i, xc)
+                loss = loss * (len(yc) / len(y))   # chunk means, weighted, add up to the batch mean (x 1.0: exact)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
             batch_loss += float(loss.detach())
             correct += _correct(logits.detach(), yc)
         if scaler is not None:

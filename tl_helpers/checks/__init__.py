@@ -3,7 +3,9 @@
 A checker tests what your answer *does* (it runs your model, your function, your numbers), never how
 the code looks. It prints ``✅ Correct: ...`` or ``❌ Not yet: <what is wrong>. Hint: <hint>`` and
 returns True or False, whatever you pass it: a wrong answer, or an error raised by your code, is a
-"Not yet". Only a bug in the checker's own code raises (please report it). A checker leaves the random
+"Not yet". Only a bug in the checker's own code raises (please report it). While nbgrader grades a notebook
+(``nbgrader autograde`` or ``validate``, which set ``NBGRADER_EXECUTION``), a "Not yet" also raises
+:class:`CheckFailed` after printing the same message: nbgrader scores a test cell by whether it raises. A checker leaves the random
 generators (torch, NumPy, Python) as it found them, so checking does not change your later results.
 ``EXERCISES`` lists every exercise by id (chapter.number) with its title, chapter and checker.
 
@@ -22,6 +24,7 @@ import contextlib
 import copy
 import functools
 import math
+import os
 import random
 import sys
 import sysconfig
@@ -36,6 +39,31 @@ from torch import nn
 from tl_helpers.arrays import to_numpy
 
 _BN = nn.modules.batchnorm._BatchNorm
+
+
+GRADING_MODES = ("autograde", "validate")
+
+
+class CheckFailed(AssertionError):
+    """A wrong answer while nbgrader grades the notebook (see :func:`grading`); the message is the feedback."""
+
+
+def grading() -> bool:
+    """True while nbgrader executes the notebook to grade it: it sets ``NBGRADER_EXECUTION`` to
+    ``autograde`` or ``validate``. Checkers then raise :class:`CheckFailed` on a wrong answer.
+
+    >>> import os; "NBGRADER_EXECUTION" in os.environ or grading()
+    False
+    """
+    return os.environ.get("NBGRADER_EXECUTION", "") in GRADING_MODES
+
+
+def _not_yet(message: str) -> bool:
+    """Print a "Not yet" verdict; return False, or raise CheckFailed while nbgrader grades."""
+    print(message)
+    if grading():
+        raise CheckFailed(message)
+    return False
 
 
 class _NotYet(Exception):
@@ -109,19 +137,16 @@ def _checker(on_error: str) -> Callable:
                 with torch.random.fork_rng():
                     message = fn(*args, **kwargs)
             except _NotYet as exc:
-                print(f"❌ Not yet: {exc.what}. Hint: {exc.hint}")
-                return False
+                return _not_yet(f"❌ Not yet: {exc.what}. Hint: {exc.hint}")
             except NotImplementedError:
-                print("❌ Not yet: your code still raises NotImplementedError, the exercise is not done. "
-                      "Hint: replace `raise NotImplementedError()` by your solution.")
-                return False
+                return _not_yet("❌ Not yet: your code still raises NotImplementedError, the exercise is not done. "
+                                "Hint: replace `raise NotImplementedError()` by your solution.")
             except Exception as exc:
                 original = exc.original if isinstance(exc, _LearnerError) else exc
                 if not isinstance(exc, _LearnerError) and not _raised_by_learner(exc):
                     raise  # a bug in the checker itself: say so loudly
-                print(f"❌ Not yet: checking your answer raised {type(original).__name__}: "
-                      f"{str(original).rstrip('. ')}. Hint: {on_error}")
-                return False
+                return _not_yet(f"❌ Not yet: checking your answer raised {type(original).__name__}: "
+                                f"{str(original).rstrip('. ')}. Hint: {on_error}")
             finally:
                 np.random.set_state(numpy_state)
                 random.setstate(python_state)
@@ -251,12 +276,14 @@ def check_preprocessing(transform: Callable, image_size: int = 224) -> str:
     """Does ``transform`` prepare an image the way EfficientNet-Lite expects at ``image_size``?
 
     Checked on probe images: the output is a float tensor (3, image_size, image_size), white pixels
-    become 1 and black pixels -1 (mean = std = 0.5), and the result is the same every time (no
-    random augmentation).
+    become 1 and black pixels -1 (mean = std = 0.5), the result is the same every time (no
+    random augmentation), and the geometry is ImageNet evaluation's: the short side resized to
+    256/224 of ``image_size``, then the centre cropped (a wavy, non-square probe image tells a squashing
+    ``Resize((224, 224))`` and a crop without the margin, ``Resize(224)``, from the right answer).
 
     >>> from tl_helpers.data import eval_transform
     >>> ok = check_preprocessing(eval_transform(224, resize_size=256))
-    ✅ Correct: (3, 224, 224) floats, white -> 1.0, black -> -1.0, the same every call.
+    ✅ Correct: (3, 224, 224) floats, white -> 1.0, black -> -1.0, short side to 256 then the centre 224, the same every call.
     """
     from PIL import Image
 
@@ -280,6 +307,10 @@ def check_preprocessing(transform: Callable, image_size: int = 224) -> str:
     w = float(out.mean())
     with _learner_code():
         b = float(transform(black).mean())
+    if float(out.max() - out.min()) > 0.5:
+        raise _NotYet("a plain white photo comes out with borders of another value: the crop is larger than the "
+                      "resized image, so it is padded", f"resize first (v2.Resize({round(image_size * 256 / 224)})), "
+                      f"then v2.CenterCrop({image_size})")
     if w > 10:
         raise _NotYet(f"a white image gives values around {w:.0f}: the pixels were not scaled to [0, 1]",
                       "v2.ToDtype(torch.float32, scale=True) divides by 255")
@@ -299,7 +330,51 @@ def check_preprocessing(transform: Callable, image_size: int = 224) -> str:
     if not deterministic:
         raise _NotYet("two calls on the same image give different tensors: the transform is random",
                       "evaluation needs a deterministic transform: CenterCrop, no RandomResizedCrop or flips")
-    return f"(3, {image_size}, {image_size}) floats, white -> 1.0, black -> -1.0, the same every call."
+    resize = round(image_size * 256 / 224)
+    wavy = _wavy_image()
+    with _learner_code():
+        out = transform(wavy)
+    gaps = {name: float((out - ref(wavy)).abs().mean()) for name, ref in _geometries(image_size, resize).items()}
+    if gaps["right"] > 0.05:
+        closest = min(gaps, key=gaps.get)
+        if closest == "squash":
+            raise _NotYet("the image is squashed to a square: Resize((h, w)) changes the drawing's proportions "
+                          "(the mistake of article 003)",
+                          f"resize the short side only, v2.Resize({resize}), then v2.CenterCrop({image_size})")
+        if closest == "no_margin":
+            raise _NotYet(f"the short side is resized to {image_size} and cropped to {image_size}: ImageNet "
+                          f"evaluation, which the weights were measured with, resizes to {resize} first and "
+                          f"keeps the centre {image_size} (a crop of 224/256)",
+                          f"v2.Resize({resize}) then v2.CenterCrop({image_size})")
+        raise _NotYet("the output's pixels are not those of a resize and centre crop (mean gap "
+                      f"{gaps['right']:.2f} on a test pattern)",
+                      f"v2.Resize({resize}), v2.CenterCrop({image_size}), then convert and normalise")
+    return (f"(3, {image_size}, {image_size}) floats, white -> 1.0, black -> -1.0, short side to {resize} then "
+            f"the centre {image_size}, the same every call.")
+
+
+def _wavy_image(width: int = 300, height: int = 200) -> Image.Image:
+    """A smooth, non-square test pattern whose waves shift visibly under any other scaling or crop, while
+    the choice of interpolation (bilinear, bicubic, Pillow or tensor) changes it very little."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width].astype(float)
+    wave = 0.5 + 0.25 * np.sin(2 * np.pi * x / 37) + 0.2 * np.sin(2 * np.pi * y / 29) + 0.05 * np.cos(x / 90)
+    rgb = np.stack([wave, wave[::-1], 1 - wave], axis=-1)
+    return Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+
+
+def _geometries(image_size: int, resize: int) -> dict[str, Callable]:
+    """The right evaluation geometry and the two usual wrong ones, as Lite-normalised transforms."""
+    from torchvision.transforms import v2
+
+    def make(*steps):
+        return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize([0.5] * 3, [0.5] * 3)])
+
+    return {"right": make(v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)),
+            "squash": make(v2.Resize((image_size, image_size), antialias=True)),
+            "no_margin": make(v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size))}
 
 
 def _tiny_bn_model() -> nn.Module:
@@ -550,14 +625,14 @@ def check_last_blocks_trainable(model: nn.Module, n: int = 2) -> str:
             f"{trainable:,} of {total:,} parameters ({trainable / total:.1%}).")
 
 
-def _frozen_start_model() -> nn.Module:
-    """A small CNN whose first block is frozen (requires_grad=False only): for train-mode functions."""
+def _frozen_start_model(frozen: int = 0) -> nn.Module:
+    """A small CNN whose block ``frozen`` (0 or 1) is frozen (requires_grad=False only): for train-mode functions."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
         nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 3))
-    for p in model[0].parameters():
+    for p in model[frozen].parameters():
         p.requires_grad_(False)
     return model.eval()
 
@@ -566,9 +641,11 @@ def _frozen_start_model() -> nn.Module:
 def check_frozen_bn_mode(fn: Callable) -> str:
     """Does ``fn(model)`` prepare training while the BatchNorm layers of frozen blocks stay fixed?
 
-    Tested on a small CNN whose first block is frozen (requires_grad=False): after ``fn(model)`` and
-    a forward pass, that block's BatchNorm statistics must be unchanged, while the model itself is in
-    training mode (dropout active).
+    Tested on two small CNNs, one with its first block frozen (requires_grad=False), one with its second:
+    after ``fn(model)`` and a forward pass, the frozen block's BatchNorm statistics must be unchanged, while
+    the model is in training mode (dropout active) and the *trainable* BatchNorm still trains (training
+    mode, statistics updated). So neither "every BatchNorm in eval" nor an answer that names one block
+    (``model[0].eval()``) passes.
 
     >>> def train_keep_frozen_bn(model):
     ...     model.train()
@@ -576,25 +653,33 @@ def check_frozen_bn_mode(fn: Callable) -> str:
     ...         if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
     ...             m.eval()
     >>> ok = check_frozen_bn_mode(train_keep_frozen_bn)
-    ✅ Correct: the frozen BatchNorm kept its statistics and the model trains (dropout on).
+    ✅ Correct: the frozen BatchNorm kept its statistics, the trainable one still trains, and dropout is on.
     """
     if not callable(fn):
         raise _type_error(fn, "a function that takes the model", "define def f(model): ... and pass f")
-    model = _frozen_start_model()
-    frozen_bn = model[0][1]
-    before = (frozen_bn.running_mean.clone(), frozen_bn.running_var.clone())
     x = torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(2)) * 3 + 1
-    with _learner_code():
-        fn(model)
-        model(x)
-    if not model.training or not model[4].training:
-        raise _NotYet("the model is not in training mode: dropout is off, so it would not train as intended",
-                      "start with model.train(), then put only the frozen BatchNorm layers back with .eval()")
-    if not (torch.equal(before[0], frozen_bn.running_mean) and torch.equal(before[1], frozen_bn.running_var)):
-        raise _NotYet("a forward pass changed the running statistics of the frozen block's BatchNorm",
-                      "requires_grad=False does not stop BatchNorm from updating in training mode: "
-                      "call .eval() on the BatchNorm layers whose parameters are frozen, after model.train()")
-    return "the frozen BatchNorm kept its statistics and the model trains (dropout on)."
+    for frozen in (0, 1):
+        model = _frozen_start_model(frozen)
+        frozen_bn, free_bn = model[frozen][1], model[1 - frozen][1]
+        before = (frozen_bn.running_mean.clone(), frozen_bn.running_var.clone())
+        free_before = free_bn.running_mean.clone()
+        with _learner_code():
+            fn(model)
+            model(x)
+        where = "first" if frozen == 0 else "second"
+        if not model.training or not model[4].training:
+            raise _NotYet("the model is not in training mode: dropout is off, so it would not train as intended",
+                          "start with model.train(), then put only the frozen BatchNorm layers back with .eval()")
+        if not (torch.equal(before[0], frozen_bn.running_mean) and torch.equal(before[1], frozen_bn.running_var)):
+            raise _NotYet(f"with the {where} block frozen, a forward pass changed the running statistics of its "
+                          "BatchNorm", "requires_grad=False does not stop BatchNorm from updating in training "
+                          "mode: call .eval() on every BatchNorm layer whose parameters are frozen, after model.train()"
+                          " (find them by their parameters, not by their position)")
+        if not free_bn.training or torch.equal(free_before, free_bn.running_mean):
+            raise _NotYet(f"with the {where} block frozen, the trainable block's BatchNorm is in eval mode too: its "
+                          "statistics no longer adapt to the new data",
+                          "put in eval mode only the BatchNorm layers whose parameters have requires_grad=False")
+    return "the frozen BatchNorm kept its statistics, the trainable one still trains, and dropout is on."
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Checkers for the domain-adaptation exercises: a CORAL loss, a gradient-reversal function, AdaBN.
+"""Checkers for the domain-adaptation exercises: a CORAL loss, BatchNorm predicted then checked, a
+gradient-reversal function, AdaBN.
 
 Each runs the learner's function on small random inputs and compares it with the definition.
 
@@ -186,8 +187,58 @@ def check_adabn(fn) -> str:
     return "every BatchNorm layer now holds the target's mean and variance, no weight moved, eval mode."
 
 
+_COMPARISONS = ("higher", "same", "lower")
+
+
+def _compare(a: float, b: float, tolerance: float) -> str:
+    return "same" if abs(a - b) <= tolerance else ("higher" if a > b else "lower")
+
+
+@_checker("store two words, each 'higher', 'same' or 'lower': check_batchnorm_predictions(my_one_batch, "
+          "my_mixed_batch, source_model, pair).")
+def check_batchnorm_predictions(my_one_batch, my_mixed_batch, model: nn.Module, pair: dict,
+                                tolerance: float = 0.03) -> str:
+    """Predicted before running, against AdaBN (the source-only ``model`` with the statistics of the
+    target training images): the target test accuracy when the model runs in *training mode*, so that every
+    BatchNorm normalises with the statistics of the batch it is given, (1) on all target test images in
+    one batch, (2) on one batch of the target test images and as many source validation images. "same"
+    means within ``tolerance`` (3 points). The checker runs all three on copies; ``model`` is untouched.
+    """
+    from tl_helpers.adaptation import adabn
+
+    for name, value in (("my_one_batch", my_one_batch), ("my_mixed_batch", my_mixed_batch)):
+        if value not in _COMPARISONS:
+            raise _NotYet(f"{name} should be 'higher', 'same' or 'lower', got {value!r}",
+                          f"store {name} = 'same' (or 'higher', or 'lower')")
+    X, y = pair["target_test"]
+    Xs = pair["source_val"][0][:len(X)]
+    with torch.no_grad():
+        adapted = adabn(copy.deepcopy(model), pair["target_train"][0])
+        acc_adabn = float((adapted(X).argmax(1) == y).float().mean())
+        one = copy.deepcopy(model).train()
+        acc_one = float((one(X).argmax(1) == y).float().mean())
+        mixed = copy.deepcopy(model).train()
+        acc_mixed = float((mixed(torch.cat([X, Xs]))[:len(X)].argmax(1) == y).float().mean())
+    truth = {"my_one_batch": _compare(acc_one, acc_adabn, tolerance),
+             "my_mixed_batch": _compare(acc_mixed, acc_adabn, tolerance)}
+    facts = (f"AdaBN {acc_adabn:.1%}; training mode on the target test batch {acc_one:.1%}; on the batch mixed "
+             f"with source images {acc_mixed:.1%}")
+    if my_one_batch != truth["my_one_batch"]:
+        raise _NotYet(f"on the target batch alone it is {truth['my_one_batch']} ({facts})",
+                      "in training mode BatchNorm uses the batch's own mean and variance: a batch of target images "
+                      "gives target statistics, which is what AdaBN stores (from other target images)")
+    if my_mixed_batch != truth["my_mixed_batch"]:
+        raise _NotYet(f"on the mixed batch it is {truth['my_mixed_batch']} ({facts})",
+                      "half source, half target: the batch statistics sit between the two domains, like the "
+                      "running statistics of a network trained on mixed batches")
+    return (f"{facts}. A BatchNorm in training mode is AdaBN on whatever batch it is given: results that depend "
+            "on the batch's company are why predictions use eval mode and stored statistics.")
+
+
 EXERCISES: dict[str, Exercise] = {
     "09.1": Exercise("Deep CORAL's loss by hand", "09", check_coral),
-    "09.2": Exercise("A gradient-reversal function", "09", check_gradient_reversal),
-    "09.3": Exercise("AdaBN by hand", "09", check_adabn),
+    "09.2": Exercise("Predict, then check: BatchNorm in training mode on target batches", "09",
+                     check_batchnorm_predictions),
+    "09.3": Exercise("A gradient-reversal function", "09", check_gradient_reversal),
+    "09.4": Exercise("AdaBN by hand", "09", check_adabn),
 }

@@ -1,15 +1,16 @@
 """Checkers for the exercises on data parallelism (torchrun and DistributedDataParallel).
 
->>> from tl_helpers.checks.distributed import EXERCISES, check_per_process_batch
->>> ok = check_per_process_batch(8, 1e-3, world_size=4, global_batch=32, recipe_lr=1e-3)
-✅ Correct: 4 processes x 8 images = the recipe's batch of 32, and the same learning rate: DDP averages the gradients, so the step is the recipe's.
->>> EXERCISES["12.1"].checker is check_per_process_batch
+>>> from tl_helpers.checks.distributed import EXERCISES, check_steps_per_epoch
+>>> ok = check_steps_per_epoch(7, 7)
+✅ Correct: 7 optimizer steps in all (1 an epoch); your prediction was right. A batch of 512 on 298 images leaves the one-cycle schedule 7 steps, where one process with a batch of 32 takes 70: keep the global batch, add processes to go faster, not to take bigger batches (distributed_main warns below 10 steps an epoch).
+>>> EXERCISES["12.1"].checker is check_steps_per_epoch
 True
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -18,30 +19,44 @@ from torch import nn
 from tl_helpers.checks import Exercise, _as_number, _NotYet, _checker, _type_error
 
 
-@_checker("pass two numbers: check_per_process_batch(per_process_batch, lr, world_size=4, ...).")
-def check_per_process_batch(per_process_batch, lr, world_size: int = 4, global_batch: int = 32,
-                            recipe_lr: float = 1e-3) -> str:
-    """Do ``world_size`` processes with ``per_process_batch`` images at ``lr`` take the recipe's step?
+@_checker("pass two whole numbers: check_steps_per_epoch(prediction, steps, n_train=298, global_batch=512, "
+          "world_size=16).")
+def check_steps_per_epoch(prediction, steps, n_train: int = 298, global_batch: int = 512, world_size: int = 16,
+                          epochs: int = 7) -> str:
+    """Predict, then check: how many optimizer steps does phase 2 take in all (``epochs`` epochs) when
+    ``world_size`` processes share a global batch of ``global_batch`` over ``n_train`` images? ``prediction`` is
+    the guess written down first, ``steps`` the number computed afterwards; the checker checks ``steps`` and
+    says how far the guess was.
 
-    >>> ok = check_per_process_batch(32, 4e-3, world_size=4, global_batch=32, recipe_lr=1e-3)
-    ❌ Not yet: 4 processes x 32 images make batches of 128, not the recipe's 32. Hint: each process loads its share of the batch: 32 / 4 images.
+    >>> ok = check_steps_per_epoch(70, 70)
+    ❌ Not yet: 70 is the steps of one process with a batch of 32 (10 an epoch). Hint: each process gets ceil(298 / 16) = 19 images an epoch, in batches of 512 / 16 = 32: that is 1 step an epoch, times the 7 epochs.
     """
-    hint = f"each process loads its share of the batch: {global_batch} / {world_size} images"
-    b = _as_number(per_process_batch, "the number of images each process loads", hint)
-    rate = _as_number(lr, "a learning rate", "give the learning rate as a number, e.g. 1e-3")
-    if b != int(b) or b < 1:
-        raise _NotYet(f"{b:g} is not a whole, positive number of images", hint)
-    if int(b) * world_size != global_batch:
-        raise _NotYet(f"{world_size} processes x {int(b)} images make batches of {int(b) * world_size}, not the "
-                      f"recipe's {global_batch}", hint)
-    if abs(rate - recipe_lr) > 1e-12 + 1e-6 * recipe_lr:
-        ratio = rate / recipe_lr
-        why = (f"{ratio:g}x the recipe's rate" if ratio > 0 else "not a positive rate")
-        raise _NotYet(f"the learning rate {rate:g} is {why}",
-                      "DDP *averages* the gradients of the processes (it does not add them up), so the batch of "
-                      f"{global_batch} gives the same gradient as in one process: keep lr = {recipe_lr:g}")
-    return (f"{world_size} processes x {int(b)} images = the recipe's batch of {global_batch}, and the same learning "
-            "rate: DDP averages the gradients, so the step is the recipe's.")
+    from tl_helpers.distributed import steps_per_epoch
+
+    per_epoch = steps_per_epoch(n_train, global_batch, world_size)
+    want = per_epoch * epochs
+    per_process, batch = math.ceil(n_train / world_size), global_batch // world_size
+    hint = (f"each process gets ceil({n_train} / {world_size}) = {per_process} images an epoch, in batches of "
+            f"{global_batch} / {world_size} = {batch}: that is {per_epoch} step{'s' if per_epoch != 1 else ''} an "
+            f"epoch, times the {epochs} epochs")
+    guess = _as_number(prediction, "your prediction, a whole number of steps", "write your guess first, e.g. prediction = 50")
+    got = _as_number(steps, "the number of steps, a whole number", hint)
+    if got != int(got) or got < 0:
+        raise _NotYet(f"{got:g} is not a whole number of optimizer steps", hint)
+    if got != want:
+        one_process = steps_per_epoch(n_train, batch, 1) * epochs
+        if got == one_process:
+            raise _NotYet(f"{int(got)} is the steps of one process with a batch of {batch} "
+                          f"({one_process // epochs} an epoch)", hint)
+        if got == per_epoch:
+            raise _NotYet(f"{int(got)} is the steps of one epoch", f"multiply by the {epochs} epochs")
+        raise _NotYet(f"{int(got)} steps, expected {want}", hint)
+    verdict = ("your prediction was right" if guess == want else
+               f"you predicted {int(guess) if guess == int(guess) else guess}")
+    return (f"{want} optimizer steps in all ({per_epoch} an epoch); {verdict}. A batch of {global_batch} on "
+            f"{n_train} images leaves the one-cycle schedule {want} steps, where one process with a batch of "
+            f"{batch} takes {steps_per_epoch(n_train, batch, 1) * epochs}: keep the global batch, add processes "
+            "to go faster, not to take bigger batches (distributed_main warns below 10 steps an epoch).")
 
 
 def _shards(n: int, world: int) -> list[tuple[float, int, int]]:
@@ -175,7 +190,7 @@ def check_ddp_gradients(ddp_gradients: Callable) -> str:
 
 
 EXERCISES: dict[str, Exercise] = {
-    "12.1": Exercise("Per-process batch and learning rate on 4 GPUs", "12", check_per_process_batch),
+    "12.1": Exercise("Predict, then check: optimizer steps of a cluster-sized batch", "12", check_steps_per_epoch),
     "12.2": Exercise("Metrics over processes that hold unequal shares", "12", check_reduce_metrics),
     "12.3": Exercise("DDP's gradient, simulated in one process", "12", check_ddp_gradients),
 }

@@ -1,4 +1,5 @@
-"""Checkers for the exercises on segmentation: IoU by hand, an encoder ready for fine-tuning, boxes from masks.
+"""Checkers for the exercises on segmentation: IoU by hand, IoU summaries (predict, then check), an encoder
+ready for fine-tuning, boxes from masks.
 
 >>> from tl_helpers.checks.segmentation import check_iou_per_image
 >>> from tl_helpers.segmentation import iou
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from tl_helpers.arrays import to_numpy
-from tl_helpers.checks import Exercise, _NotYet, _checker, _type_error
+from tl_helpers.checks import Exercise, _as_number, _NotYet, _checker, _type_error
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -84,6 +85,55 @@ def check_iou_per_image(fn: Callable) -> str:
     return "one IoU per image, 1.0 for two empty masks, right on all 5 hand-made cases and 20 random ones."
 
 
+PREDICTIONS = ("higher", "lower", "same")
+
+
+@_checker("pass your prediction and three numbers: check_iou_summaries(prediction, per_image, dataset, voc, pred, truth).")
+def check_iou_summaries(prediction, per_image, dataset, voc, pred, truth) -> str:
+    """Predict, then check: the VOC-style mean IoU (background and foreground, each accumulated over the data
+    set) against the per-image mean IoU of the foreground. ``prediction`` is "higher", "lower" or "same" (written
+    first); ``per_image``, ``dataset`` (foreground, accumulated) and ``voc`` are the learner's numbers for the
+    boolean masks ``pred`` and ``truth``, checked against :func:`tl_helpers.segmentation.iou` and
+    :func:`tl_helpers.segmentation.dataset_iou`.
+
+    >>> t = torch.zeros(2, 4, 4, dtype=torch.bool); t[0, :2, :2] = True; t[1, :1, :1] = True
+    >>> p = t.clone(); p[1] = False
+    >>> ok = check_iou_summaries("higher", 0.5, 0.8, 0.8821, p, t)
+    ✅ Correct: per-image mean IoU 50.0%, data-set IoU of the foreground 80.0%, VOC-style mean IoU 88.2%; your prediction (higher) was right. The background, easy and large, lifts the two-class mean; summing over the data set first weighs large objects more, and here they were the better predicted.
+    """
+    from tl_helpers.segmentation import dataset_iou, iou
+
+    if not isinstance(prediction, str) or prediction.strip().lower() not in PREDICTIONS:
+        raise _NotYet(f"prediction is {prediction!r}", "write your prediction first: prediction = \"higher\", "
+                      "\"lower\" or \"same\"")
+    want = {"per_image": float(iou(pred, truth).mean()), "dataset": dataset_iou(pred, truth),
+            "voc": dataset_iou(pred, truth, include_background=True)}
+    got = {}
+    for name, value in (("per_image", per_image), ("dataset", dataset), ("voc", voc)):
+        got[name] = _as_number(value, f"{name}, a number", "compute it as a float, e.g. float(...)")
+    hints = {"per_image": "one IoU per image (intersection / union of its pixels), then their mean",
+             "dataset": "sum the intersections of all images and their unions, then divide once",
+             "voc": "the data-set IoU of the foreground and that of the background (~pred & ~truth over "
+                    "~pred | ~truth), then their mean"}
+    for name in ("per_image", "dataset", "voc"):
+        if abs(got[name] - want[name]) > 1e-4:
+            mixed = [k for k in want if k != name and abs(got[name] - want[k]) <= 1e-4]
+            extra = f" (that is the {mixed[0].replace('_', '-')} number)" if mixed else ""
+            raise _NotYet(f"{name} = {got[name]:.4f}, expected {want[name]:.4f}{extra}", hints[name])
+    difference = want["voc"] - want["per_image"]
+    truth_word = "same" if abs(difference) < 0.01 else "higher" if difference > 0 else "lower"
+    verdict = (f"your prediction ({prediction.strip().lower()}) was right" if prediction.strip().lower() == truth_word
+               else f"you predicted {prediction.strip().lower()}; it came out {truth_word}")
+    gap = want["dataset"] - want["per_image"]
+    sizes = ("summing over the data set first weighs large objects more; here that changed little (the two foreground "
+             "numbers are within a point)" if abs(gap) < 0.01 else
+             "summing over the data set first weighs large objects more, and here they were "
+             f"{'the better' if gap > 0 else 'the worse'} predicted")
+    return (f"per-image mean IoU {want['per_image']:.1%}, data-set IoU of the foreground {want['dataset']:.1%}, "
+            f"VOC-style mean IoU {want['voc']:.1%}; {verdict}. The background, easy and large, lifts the two-class "
+            f"mean; {sizes}.")
+
+
 @_checker("pass the segmenter and its optimizer: check_finetune_setup(net, optimizer).")
 def check_finetune_setup(net: nn.Module, optimizer, encoder_lr: float = 3e-4, decoder_lr: float = 1e-3) -> str:
     """Is ``net`` (a Segmenter) ready to fine-tune: every parameter trainable, the *encoder's* BatchNorm
@@ -91,9 +141,15 @@ def check_finetune_setup(net: nn.Module, optimizer, encoder_lr: float = 3e-4, de
     ``optimizer`` training the encoder at ``encoder_lr`` and the decoder at ``decoder_lr``?
 
     >>> from tl_helpers.models import load_pretrained
-    >>> from tl_helpers.segmentation import LiteEncoder, Segmenter, UNetDecoder
+    >>> from tl_helpers.segmentation import LiteEncoder, Segmenter, SkipDecoder
     >>> from tl_helpers.surgery import set_bn_eval
-    >>> net = Segmenter(LiteEncoder(load_pretrained(weights=False).model), UNetDecoder([24, 40, 112, 320], (16, 24, 32)))
+    >>> class Tail(nn.Module):
+    ...     def __init__(self, encoder):
+    ...         super().__init__()
+    ...         self.encoder = encoder
+    ...     def forward(self, x):
+    ...         return self.encoder(x)[1:]
+    >>> net = Segmenter(Tail(LiteEncoder(load_pretrained().model)), SkipDecoder([24, 40, 112, 320], (16, 24, 32), scale=4))
     >>> opt = torch.optim.AdamW([{"params": net.encoder.parameters(), "lr": 3e-4},
     ...                          {"params": net.decoder.parameters(), "lr": 1e-3}])
     >>> ok = check_finetune_setup(set_bn_eval(net.encoder) and net, opt)
@@ -105,6 +161,13 @@ def check_finetune_setup(net: nn.Module, optimizer, encoder_lr: float = 3e-4, de
         raise _type_error(net, "the Segmenter (with .encoder and .decoder)", "pass net, the Segmenter you built")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise _type_error(optimizer, "a torch optimizer", "build it with torch.optim.AdamW([...groups...])")
+    from tl_helpers.models import load_pretrained
+
+    stem = next((m for m in net.encoder.modules() if isinstance(m, nn.Conv2d)), None)
+    imagenet = load_pretrained("efficientnet_lite0").model._conv_stem.weight
+    if stem is None or stem.weight.shape != imagenet.shape or not torch.allclose(stem.weight, imagenet):
+        raise _NotYet("the encoder's first convolution does not hold EfficientNet-Lite0's ImageNet weights",
+                      "build the encoder from a fresh pretrained model: LiteEncoder(load_pretrained(\"efficientnet_lite0\").model)")
     frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
     if frozen:
         raise _NotYet(f"{len(frozen)} parameter tensors are frozen (e.g. {frozen[0]})",
@@ -116,7 +179,8 @@ def check_finetune_setup(net: nn.Module, optimizer, encoder_lr: float = 3e-4, de
     net.eval()
     if training:
         raise _NotYet(f"after train_mode(net), {training} of the encoder's {len(enc_bn)} BatchNorm layers are in "
-                      "training mode: batches of 8 images would overwrite the ImageNet statistics",
+                      "training mode: each batch of 8 would be normalised with its own statistics, and the running "
+                      "statistics would drift from ImageNet's (slowly: Lite0's momentum is 0.01)",
                       "call set_bn_eval(net.encoder): it puts them in eval mode and marks them so train_mode keeps them there")
     train_mode(net)
     learning = sum(m.training for m in dec_bn)
@@ -125,6 +189,16 @@ def check_finetune_setup(net: nn.Module, optimizer, encoder_lr: float = 3e-4, de
         raise _NotYet("the decoder's BatchNorm layers stay in eval mode too, so they never learn their statistics",
                       "only the pretrained encoder's BatchNorm has statistics worth keeping: call set_bn_eval(net.encoder), "
                       "not set_bn_eval(net)")
+    with torch.no_grad():
+        try:
+            out = net(torch.zeros(2, 3, 64, 64))
+        except Exception as exc:  # noqa: BLE001 - any error of the learner's model is feedback
+            raise _NotYet(f"a forward pass of 2 images of 64 x 64 failed ({type(exc).__name__}: {exc})",
+                          "the decoder takes the maps at strides 4 to 32 (Tail drops the stride-2 map): "
+                          "SkipDecoder(encoder.channels[1:], DECODER_WIDTHS, scale=4)") from None
+    if tuple(out.shape) != (2, 1, 64, 64):
+        raise _NotYet(f"2 images of 64 x 64 gave logits of shape {tuple(out.shape)}, not (2, 1, 64, 64)",
+                      "one logit per pixel: widths for the 4 maps at strides 4 to 32 and scale=4")
     lr_of = {}
     for group in optimizer.param_groups:
         lr = float(group.get("max_lr", group.get("initial_lr", group["lr"])))
@@ -161,17 +235,8 @@ def _box_cases() -> list[tuple[np.ndarray, tuple[int, int, int, int] | None, str
             (np.zeros((6, 8), dtype=bool), None, "an empty mask")]
 
 
-@_checker("write def mask_to_box(mask) that takes an (H, W) boolean array and returns (x0, y0, x1, y1) or None.")
-def check_mask_to_box(fn: Callable) -> str:
-    """Does ``fn(mask)`` return the box (x0, y0, x1, y1) around the foreground, x1 and y1 exclusive
-    (as ``PIL.Image.getbbox`` and slicing ``mask[y0:y1, x0:x1]``), and ``None`` for an empty mask?
-
-    >>> def mask_to_box(mask):
-    ...     ys, xs = np.nonzero(mask)
-    ...     return None if len(xs) == 0 else (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    >>> ok = check_mask_to_box(mask_to_box)
-    ✅ Correct: boxes (x0, y0, x1, y1) with exclusive ends, one box around several blobs, None for an empty mask.
-    """
+def _check_box_cases(fn: Callable) -> None:
+    """Raise _NotYet unless ``fn`` gets the hand-made masks' boxes right."""
     if not callable(fn):
         raise _type_error(fn, "a function mask_to_box(mask)", "define def mask_to_box(mask): ... and pass mask_to_box")
     for mask, expected, name in _box_cases():
@@ -200,11 +265,58 @@ def check_mask_to_box(fn: Callable) -> str:
         if got != expected:
             raise _NotYet(f"for {name} you returned {got}, expected {expected}",
                           "x0, y0 are the smallest column and row with foreground, x1, y1 one past the largest")
+
+
+@_checker("write def mask_to_box(mask) that takes an (H, W) boolean array and returns (x0, y0, x1, y1) or None.")
+def check_mask_to_box(fn: Callable) -> str:
+    """Does ``fn(mask)`` return the box (x0, y0, x1, y1) around the foreground, x1 and y1 exclusive
+    (as ``PIL.Image.getbbox`` and slicing ``mask[y0:y1, x0:x1]``), and ``None`` for an empty mask?
+
+    >>> def mask_to_box(mask):
+    ...     ys, xs = np.nonzero(mask)
+    ...     return None if len(xs) == 0 else (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    >>> ok = check_mask_to_box(mask_to_box)
+    ✅ Correct: boxes (x0, y0, x1, y1) with exclusive ends, one box around several blobs, None for an empty mask.
+    """
+    _check_box_cases(fn)
     return "boxes (x0, y0, x1, y1) with exclusive ends, one box around several blobs, None for an empty mask."
+
+
+@_checker("pass your function and your numbers: check_boxes(mask_to_box, box_ious, pred, truth).")
+def check_boxes(mask_to_box: Callable, box_ious, pred, truth) -> str:
+    """Does ``mask_to_box`` pass :func:`check_mask_to_box`'s cases, and are ``box_ious`` the box IoUs (one per
+    image) between the boxes of the masks ``pred`` and ``truth`` (N, H, W)? Prints both means, box and mask.
+
+    >>> from tl_helpers.segmentation import box_iou, mask_to_box
+    >>> t = torch.zeros(2, 4, 4, dtype=torch.bool); t[:, 1:3, 1:3] = True; p = t.clone(); p[0, 1, 1] = False
+    >>> ok = check_boxes(mask_to_box, [box_iou(mask_to_box(a), mask_to_box(b)) for a, b in zip(p, t)], p, t)
+    ✅ Correct: boxes right on 4 hand-made masks, and your 2 box IoUs match: mean box IoU 100.0% against mean mask IoU 87.5%. A box forgives every error inside it (holes, ragged edges): it only measures where the object is and how big.
+    """
+    from tl_helpers.segmentation import box_iou, iou
+    from tl_helpers.segmentation import mask_to_box as reference
+
+    _check_box_cases(mask_to_box)
+    p, t = to_numpy(torch.as_tensor(pred)).astype(bool), to_numpy(torch.as_tensor(truth)).astype(bool)
+    want = np.array([box_iou(reference(a), reference(b)) for a, b in zip(p, t)])
+    if isinstance(box_ious, (int, float, np.number)) or np.asarray(box_ious).size == 1 and len(want) > 1:
+        raise _NotYet("box_ious is a single number", "give one box IoU per image, e.g. a list over zip(pred, truth)")
+    got = np.asarray(box_ious, dtype=float).reshape(-1)
+    if got.size != want.size:
+        raise _NotYet(f"{got.size} box IoUs for {want.size} images", "one box IoU per image")
+    if not np.allclose(got, want, atol=1e-6):
+        k = int(np.argmax(np.abs(got - want)))
+        raise _NotYet(f"image {k}: box IoU {got[k]:.3f}, expected {want[k]:.3f}",
+                      "intersection: the overlap rectangle (max of the x0s to min of the x1s, likewise y); union: the "
+                      "two areas minus the intersection; a missing prediction (empty mask) scores 0")
+    mask = float(iou(torch.as_tensor(p), torch.as_tensor(t)).mean())
+    return (f"boxes right on 4 hand-made masks, and your {len(got)} box IoUs match: mean box IoU {got.mean():.1%} "
+            f"against mean mask IoU {mask:.1%}. A box forgives every error inside it (holes, ragged edges): it "
+            "only measures where the object is and how big.")
 
 
 EXERCISES: dict[str, Exercise] = {
     "11.1": Exercise("IoU per image, empty masks included", "11", check_iou_per_image),
-    "11.2": Exercise("A segmenter ready to fine-tune: the encoder's BatchNorm in eval mode", "11", check_finetune_setup),
-    "11.3": Exercise("From a mask to a bounding box", "11", check_mask_to_box),
+    "11.2": Exercise("Predict, then check: per-image, data-set and VOC-style IoU", "11", check_iou_summaries),
+    "11.3": Exercise("A segmenter ready to fine-tune: the encoder's BatchNorm in eval mode", "11", check_finetune_setup),
+    "11.4": Exercise("From masks to boxes: box IoU against mask IoU", "11", check_boxes),
 }

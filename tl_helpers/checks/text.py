@@ -1,4 +1,5 @@
-"""Checkers for the exercises on text: a truncation length, mean pooling, layer-wise learning-rate decay.
+"""Checkers for the exercises on text: a truncation length, padding predicted then checked, max pooling,
+layer-wise learning-rate decay.
 
 >>> from tl_helpers.checks.text import check_max_length
 >>> ok = check_max_length(5, [3, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5])
@@ -59,40 +60,87 @@ def _mean_pool_reference(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return (hidden * m).sum(1) / m.sum(1)
 
 
-@_checker("write def my_mean_pool(hidden, mask) returning a (batch, dim) tensor.")
-def check_mean_pool(fn: Callable) -> str:
-    """Does ``fn(hidden, mask)`` average each text's token vectors, padding positions left out?
+_MAX_POOL_HINT = ("set the padding positions to -inf before the max, e.g. "
+                  "hidden.masked_fill(mask.unsqueeze(-1) == 0, float('-inf')).max(dim=1).values")
 
-    >>> ok = check_mean_pool(lambda h, m: h.mean(dim=1))
-    ❌ Not yet: your pooling averages the padding positions too: a short text padded to a long batch gets a different vector than alone. Hint: multiply by the mask (mask.unsqueeze(-1)) before summing, and divide by the number of real tokens, mask.sum(1).
+
+@_checker("write def my_max_pool(hidden, mask) returning a (batch, dim) tensor.")
+def check_max_pool(fn: Callable) -> str:
+    """Does ``fn(hidden, mask)`` take, for each text and each feature, the largest value over its real tokens?
+
+    >>> ok = check_max_pool(lambda h, m: h.max(dim=1).values)
+    ❌ Not yet: padding positions take part in your max: a padded position with a large value wins, so a short text padded to a long batch gets another vector than alone. Hint: set the padding positions to -inf before the max, e.g. hidden.masked_fill(mask.unsqueeze(-1) == 0, float('-inf')).max(dim=1).values.
     """
     if not callable(fn):
-        raise _type_error(fn, "a function my_mean_pool(hidden, mask)", "define def my_mean_pool(hidden, mask): ...")
+        raise _type_error(fn, "a function my_max_pool(hidden, mask)", "define def my_max_pool(hidden, mask): ...")
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(3, 5, 4, generator=g)
+    hidden = torch.randn(3, 5, 4, generator=g) - 3.0             # real tokens: mostly negative values
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    hidden[1, 3:] = 5.0                                          # padding that would win an unmasked max
     out = fn(hidden.clone(), mask.clone())
     if not isinstance(out, torch.Tensor):
         raise _type_error(out, "a tensor", "return the pooled tensor, shape (batch, dim)")
     if tuple(out.shape) != (3, 4):
         raise _NotYet(f"the output has shape {tuple(out.shape)}, expected (3, 4) for 3 texts of 5 tokens and 4 "
-                      "numbers a token", "average over the token dimension, dim=1")
-    expected = _mean_pool_reference(hidden, mask)
-    if torch.allclose(out, expected, atol=1e-5):
-        return "each text's vector is the mean of its real tokens; padding changes nothing."
-    if torch.allclose(out, hidden.mean(1), atol=1e-5):
-        raise _NotYet("your pooling averages the padding positions too: a short text padded to a long batch gets "
-                      "a different vector than alone",
-                      "multiply by the mask (mask.unsqueeze(-1)) before summing, and divide by the number of real "
-                      "tokens, mask.sum(1)")
-    if torch.allclose(out, hidden[:, 0], atol=1e-5):
-        raise _NotYet("that is the first token's vector ([CLS] pooling), not the mean",
-                      "average all real tokens: (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)")
-    if torch.allclose(out, (hidden * mask.unsqueeze(-1)).sum(1), atol=1e-5):
-        raise _NotYet("that is the sum of the real tokens, not their mean: long texts get longer vectors",
-                      "divide by the number of real tokens, mask.sum(1, keepdim=True)")
-    raise _NotYet("the pooled vectors differ from the mean of the real tokens",
-                  "(hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)")
+                      "numbers a token", "take the max over the token dimension, dim=1, and keep .values")
+    expected = hidden.masked_fill(mask.unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
+    if torch.allclose(out, expected, atol=1e-6):
+        return "each text's vector holds, feature by feature, the largest value over its real tokens; padding never wins."
+    if torch.allclose(out, hidden.max(dim=1).values, atol=1e-6):
+        raise _NotYet("padding positions take part in your max: a padded position with a large value wins, so a short "
+                      "text padded to a long batch gets another vector than alone", _MAX_POOL_HINT)
+    if torch.allclose(out, (hidden * mask.unsqueeze(-1)).max(dim=1).values, atol=1e-6):
+        raise _NotYet("multiplying by the mask turns padding into zeros, and a zero beats every negative value of "
+                      "the real tokens", _MAX_POOL_HINT)
+    if torch.allclose(out, _mean_pool_reference(hidden, mask), atol=1e-5):
+        raise _NotYet("that is the mean of the real tokens, not their max", _MAX_POOL_HINT)
+    raise _NotYet("the pooled vectors differ from the max over each text's real tokens", _MAX_POOL_HINT)
+
+
+_PREDICTION_CHOICES = ("same", "different")
+
+
+@_checker("store two words, 'same' or 'different': check_padding_predictions(my_masked_mean, my_plain_mean, "
+          "body, tokenizer).")
+def check_padding_predictions(my_masked_mean, my_plain_mean, body: nn.Module, tokenizer) -> str:
+    """Predicted before running: is a short text's pooled vector the *same* alone and padded in a batch with a
+    much longer text, (1) with the chapter's masked mean and (2) with a plain mean over every position?
+    The checker embeds "a small dog" both ways with the frozen ``body`` (eval mode) and compares.
+    """
+    for name, value in (("my_masked_mean", my_masked_mean), ("my_plain_mean", my_plain_mean)):
+        if value not in _PREDICTION_CHOICES:
+            raise _NotYet(f"{name} should be 'same' or 'different', got {value!r}", f"store {name} = 'same' (or 'different')")
+    short, long = "a small dog", "an animal that is kept in a house and that barks at strangers and at the postman"
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            alone = tokenizer([short], return_tensors="pt")
+            batch = tokenizer([short, long], padding=True, return_tensors="pt")
+            h_alone = body(input_ids=alone["input_ids"], attention_mask=alone["attention_mask"]).last_hidden_state
+            h_batch = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:1]
+    finally:
+        body.train(was_training)
+    m_alone, m_batch = alone["attention_mask"], batch["attention_mask"][:1]
+    masked_gap = float((_mean_pool_reference(h_alone, m_alone) - _mean_pool_reference(h_batch, m_batch)).abs().max())
+    plain_gap = float((h_alone.mean(1) - h_batch.mean(1)).abs().max())
+    truth = {"my_masked_mean": "same" if masked_gap < 1e-3 else "different",
+             "my_plain_mean": "same" if plain_gap < 1e-3 else "different"}
+    n_pad = int((m_batch == 0).sum())
+    # printed as comparisons, not values: the rounding differs from one CPU to the next
+    facts = (f"the masked mean moves by less than 1e-3 (float rounding only: {masked_gap < 1e-3}) when {n_pad} "
+             f"padding positions are added (attention gives padding zero weight and the mask leaves it out of the "
+             f"average); the plain mean moves by more than 0.1 ({plain_gap > 0.1}), because it averages the {n_pad} "
+             f"padding vectors in")
+    if my_masked_mean != truth["my_masked_mean"]:
+        raise _NotYet(f"with the masked mean the vector is {truth['my_masked_mean']}: {facts}",
+                      "the attention mask stops real tokens from attending to padding, and the masked mean skips "
+                      "padding positions: nothing of the padding reaches the vector")
+    if my_plain_mean != truth["my_plain_mean"]:
+        raise _NotYet(f"with a plain mean the vector is {truth['my_plain_mean']}: {facts}",
+                      "the transformer still computes a vector at every padding position; a plain mean averages "
+                      "them in, so the result depends on how much padding the batch needed")
+    return f"{facts}. Padding is invisible only when the pooling respects the mask too."
 
 
 def _tiny_classifier(layers: int) -> nn.Module:
@@ -168,6 +216,7 @@ def check_layerwise_optimizer(fn: Callable) -> str:
 
 EXERCISES: dict[str, Exercise] = {
     "10.1": Exercise("The shortest max_length that keeps 95 % of the texts whole", "10", check_max_length),
-    "10.2": Exercise("Mean pooling that ignores padding", "10", check_mean_pool),
-    "10.3": Exercise("An optimizer with layer-wise learning-rate decay", "10", check_layerwise_optimizer),
+    "10.2": Exercise("Predict, then check: does padding change a text's vector?", "10", check_padding_predictions),
+    "10.3": Exercise("Max pooling that ignores padding", "10", check_max_pool),
+    "10.4": Exercise("An optimizer with layer-wise learning-rate decay", "10", check_layerwise_optimizer),
 }

@@ -1,4 +1,5 @@
-"""Checkers for the exercises on what transfers: copying layers, paired intervals, a decoupled L2-SP step.
+"""Checkers for the exercises on what transfers: copying layers, paired intervals, a prediction checked
+against the chapter's own runs, a decoupled L2-SP step.
 
 >>> from tl_helpers.checks.what_transfers import check_copy_first_k
 >>> def copy_first_k(source, target, k):
@@ -127,6 +128,55 @@ def check_pull_towards_source(fn: Callable) -> str:
     return "transferred weights move lr * alpha of the way back to the source, the new head decays, frozen ones stay."
 
 
+_VERDICTS = ("ahead", "tie", "behind")
+
+
+def _verdict_word(value, name: str) -> str:
+    word = str(value).strip().lower() if isinstance(value, str) else None
+    if word not in _VERDICTS:
+        raise _NotYet(f"{name} holds {value!r}", f"use one of the words {', '.join(map(repr, _VERDICTS))}")
+    return word
+
+
+@_checker("store my_frozen_verdicts (four words) and my_finetuned_verdict (one word), each 'ahead', 'tie' or "
+          "'behind', then call check_layer_prediction(my_frozen_verdicts, my_finetuned_verdict, results, labels).")
+def check_layer_prediction(my_frozen_verdicts, my_finetuned_verdict, results: dict, labels: str = "10") -> str:
+    """Predicted before looking: at ``labels`` labels a class, the verdict of each frozen copy of the source's
+    layers against scratch (``AnB k - scratch``, k = 1..4) and of fine-tuning all four (``AnB+ 4 - scratch``).
+    The truth is ``results["comparisons"]["layers"]``: the paired comparisons of a run of Yosinski's sweep (the
+    chapter builds it from its own runs), keyed ``"<labels>: AnB <k> - scratch"``.
+
+    >>> res = {"comparisons": {"layers": {**{f"10: AnB {k} - scratch": {"mean": -1.0 * k, "ci95": [-k - 1.0, -k + 1.5],
+    ...        "verdict": "tie" if k < 2 else "behind"} for k in range(1, 5)},
+    ...        "10: AnB+ 4 - scratch": {"mean": 0.5, "ci95": [-0.5, 1.5], "verdict": "tie"}}}}
+    >>> ok = check_layer_prediction(["tie", "behind", "behind", "behind"], "tie", res)  # doctest: +ELLIPSIS
+    ✅ Correct: all five predictions held at 10 labels a class...
+    >>> ok = check_layer_prediction(["tie"] * 4, "ahead", res)  # doctest: +ELLIPSIS
+    ❌ Not yet: 4 of your 5 predictions did not hold at 10 labels a class:...
+    """
+    if isinstance(my_frozen_verdicts, str) or not hasattr(my_frozen_verdicts, "__len__") or len(my_frozen_verdicts) != 4:
+        raise _NotYet(f"my_frozen_verdicts should be a list of four words (k = 1, 2, 3, 4), got {my_frozen_verdicts!r}",
+                      "e.g. my_frozen_verdicts = ['tie', 'tie', 'tie', 'behind']")
+    frozen = [_verdict_word(v, f"my_frozen_verdicts[{i}]") for i, v in enumerate(my_frozen_verdicts)]
+    finetuned = _verdict_word(my_finetuned_verdict, "my_finetuned_verdict")
+    layers = results["comparisons"]["layers"]
+    keys = [f"{labels}: AnB {k} - scratch" for k in range(1, 5)] + [f"{labels}: AnB+ 4 - scratch"]
+    names = [f"frozen k = {k}" for k in range(1, 5)] + ["fine-tuned k = 4"]
+    wrong, lines = 0, []
+    for name, key, said in zip(names, keys, frozen + [finetuned]):
+        c = layers[key]
+        held = said == c["verdict"]
+        wrong += not held
+        lines.append(f"{name}: you said {said}, the runs say {c['verdict']} "
+                     f"({c['mean']:+.1f} points [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}])" + ("" if held else " <-"))
+    detail = "; ".join(lines)
+    if wrong:
+        raise _NotYet(f"{wrong} of your 5 predictions did not hold at {labels} labels a class: {detail}",
+                      "frozen layers cannot adapt, and the higher a layer the more it is specific to the source's "
+                      "classes; a verdict is 'ahead' or 'behind' only when the interval excludes zero")
+    return f"all five predictions held at {labels} labels a class: {detail}."
+
+
 def _reference_interval(a, b, level: float) -> tuple[float, float, float]:
     from scipy import stats
 
@@ -178,5 +228,6 @@ def check_paired_interval(fn: Callable) -> str:
 EXERCISES: dict[str, Exercise] = {
     "08.1": Exercise("Copy the first k layers", "08", check_copy_first_k),
     "08.2": Exercise("A paired t-interval over seeds", "08", check_paired_interval),
-    "08.3": Exercise("L2-SP as a decoupled step", "08", check_pull_towards_source),
+    "08.3": Exercise("Predict, then check: Yosinski's sweep", "08", check_layer_prediction),
+    "08.4": Exercise("L2-SP as a decoupled step", "08", check_pull_towards_source),
 }
