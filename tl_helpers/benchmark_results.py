@@ -119,7 +119,7 @@ LABELS = {
     "pytorch_tutorial": "PyTorch transfer-learning tutorial",
     "scratch_resnet18": "ResNet-18 from random weights",
     "scratch": "the same network (Lite0) from random weights",
-    "best": "best found in 2 min a fold",
+    "best": "best found in 2 min per split",
 }
 
 
@@ -127,7 +127,7 @@ def recipe_label(name: str, results: dict) -> str:
     """How tables name a recipe: ``LABELS``, and for ``best`` what the chosen candidate is (from the JSON).
 
     >>> recipe_label("best", {"best_entry": {"description": "a probe"}})
-    'best found in 2 min a fold: a probe'
+    'best found in 2 min per split: a probe'
     """
     label = LABELS.get(name, name)
     if name == "best" and results.get("best_entry"):
