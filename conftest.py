@@ -63,6 +63,30 @@ def no_network(monkeypatch):
         pytest.fail(f"the test used the network ({'; '.join(attempts)}); tests must run offline", pytrace=False)
 
 
+class EpochCounter:
+    """Counts the epochs ``tl_helpers.train.train_one_epoch`` trains; the ``stop_at``-th call raises
+    KeyboardInterrupt, as Ctrl-C in the middle of that epoch would (``None``: never)."""
+
+    def __init__(self, monkeypatch):
+        import tl_helpers.train as train
+
+        self.calls, self.stop_at, real = 0, None, train.train_one_epoch
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.stop_at:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(train, "train_one_epoch", counted)
+
+
+@pytest.fixture
+def epochs(monkeypatch) -> EpochCounter:
+    """An interruptible epoch counter around the training loop (tests of resuming)."""
+    return EpochCounter(monkeypatch)
+
+
 def pytest_collectstart(collector):
     """nbval: never compare stderr (warnings carry machine-specific paths and timings)."""
     if collector.fspath and str(collector.fspath).endswith(".ipynb"):

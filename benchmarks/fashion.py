@@ -47,6 +47,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,6 +122,11 @@ class Setup:
         """The labelled images of one run: n a class (None: all), never the validation part."""
         return per_class_indices(self.yf, n, seed=seed, exclude=self.val)
 
+    def seeded(self, n: int | None, seeds: list[int],
+               arms: Callable[[int, np.ndarray], list[tuple[str, Job]]]) -> list[tuple[str, Job]]:
+        """The named jobs of every seed in turn: ``arms(seed, idx)``, idx that seed's draw of n labels a class."""
+        return [job for seed in seeds for job in arms(seed, self.draw(n, seed))]
+
     def run(self, named: list[tuple[str, Job]]) -> dict[str, dict[str, list[float]]]:
         """Run the jobs; per name: test and val accuracy (%) and steps, in the order of the seeds."""
         runs = run_jobs([job for _, job in named], self.target, self.budget, self.workers,
@@ -158,21 +164,23 @@ def predict_features(prefix: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     return torch.cat([prefix(c).flatten(1) for c in x.split(1000)]).numpy()
 
 
+def print_means(part: str, n: int | None, arms: dict[str, dict[str, list[float]]]) -> None:
+    """One progress line: each arm's mean test accuracy at n labels a class."""
+    print(f"  {part} {label_key(n)}: " + ", ".join(f"{a} {np.mean(v['test']):.1f}" for a, v in arms.items()), flush=True)
+
+
 def part_labels(st: Setup, seeds: list[int]) -> dict:
     out = {}
     for n in st.s["labels"]:
         start = time.perf_counter()
-        named = []
-        for seed in seeds:
-            idx = st.draw(n, seed)
-            named += [("scratch", Job(None, 0, False, seed, idx)), ("frozen", Job(st.source, 4, True, seed, idx)),
-                      ("fine-tuned", Job(st.source, 4, False, seed, idx))]
-        arms = st.run(named)
+        arms = st.run(st.seeded(n, seeds, lambda seed, idx: [
+            ("scratch", Job(None, 0, False, seed, idx)), ("frozen", Job(st.source, 4, True, seed, idx)),
+            ("fine-tuned", Job(st.source, 4, False, seed, idx))]))
         arms["probe conv3"] = st.probes(n, seeds, st.source, 3)
         arms["probe fc"] = st.probes(n, seeds, st.source, 4)
         out[label_key(n)] = {"train_images": int(len(st.draw(n, 0))), "arms": arms,
                              "seconds": round(time.perf_counter() - start, 1)}
-        print(f"  labels {label_key(n)}: " + ", ".join(f"{a} {np.mean(v['test']):.1f}" for a, v in arms.items()), flush=True)
+        print_means("labels", n, arms)
     return out
 
 
@@ -193,7 +201,7 @@ def part_layers(st: Setup, seeds: list[int]) -> dict:
         arms["scratch"] = {"test": [round(100 * b.test, 2) for b in bases], "val": [round(100 * b.val, 2) for b in bases],
                            "steps": [b.log.steps for b in bases]}
         out[label_key(n)] = {"arms": arms, "seconds": round(time.perf_counter() - start, 1)}
-        print(f"  layers {label_key(n)}: " + ", ".join(f"{a} {np.mean(v['test']):.1f}" for a, v in arms.items()), flush=True)
+        print_means("layers", n, arms)
     return out
 
 
@@ -201,15 +209,12 @@ def part_negative(st: Setup, seeds: list[int]) -> dict:
     out = {}
     for n in st.s["negative_labels"]:
         start = time.perf_counter()
-        named = []
-        for seed in seeds:
-            idx = st.draw(n, seed)
-            named += [("scratch", Job(None, 0, False, seed, idx)), ("random frozen", Job(None, 4, True, seed, idx)),
-                      ("shuffled frozen", Job(st.shuffled, 4, True, seed, idx)),
-                      ("shuffled fine-tuned", Job(st.shuffled, 4, False, seed, idx))]
-        arms = st.run(named)
+        arms = st.run(st.seeded(n, seeds, lambda seed, idx: [
+            ("scratch", Job(None, 0, False, seed, idx)), ("random frozen", Job(None, 4, True, seed, idx)),
+            ("shuffled frozen", Job(st.shuffled, 4, True, seed, idx)),
+            ("shuffled fine-tuned", Job(st.shuffled, 4, False, seed, idx))]))
         out[label_key(n)] = {"arms": arms, "seconds": round(time.perf_counter() - start, 1)}
-        print(f"  negative {label_key(n)}: " + ", ".join(f"{a} {np.mean(v['test']):.1f}" for a, v in arms.items()), flush=True)
+        print_means("negative", n, arms)
     return out
 
 

@@ -262,10 +262,9 @@ def test_evaluate_with_tta_writes_the_confused_pairs_and_the_mistakes_sheet(trai
     assert code == 0 and "prediction (flip TTA)" in out
 
 
-def test_a_train_valid_folder_no_flip_balance_and_an_interrupted_run_resumed(capsys, tmp_path, monkeypatch):
+def test_a_train_valid_folder_no_flip_balance_and_an_interrupted_run_resumed(capsys, tmp_path, monkeypatch, epochs):
     import shutil
 
-    import tl_helpers.train as train
     from tl_helpers.finetuned import load_finetuned
 
     flat, _ = write_example_folder(tmp_path / "flat", classes=("birds", "fruit"), per_class=12, tiny_class=None,
@@ -278,23 +277,15 @@ def test_a_train_valid_folder_no_flip_balance_and_an_interrupted_run_resumed(cap
             for f in chosen:
                 shutil.copy(f, folder / part / cls / f.name)
     monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "cache"))
-    real, calls = train.train_one_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    epochs.stop_at = 2                                  # Ctrl-C in the second epoch
     argv = ["finetune", folder, "--out", tmp_path / "m.pt", "--epochs", "2", "--image-size", "64", "--no-flip",
             "--balance", "--no-progress"]
     code, out, err = run(capsys, *argv)
     assert code == 1 and "--resume" in err and (tmp_path / "m.training").is_dir() and not (tmp_path / "m.pt").exists()
     assert "Laid out as a split (train/, valid/): used as given; the test part drawn from train/." in out
-    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    epochs.stop_at = None
     code, out, err = run(capsys, *argv, "--resume")
-    assert code == 0 and len(calls) == 3, err                      # the first epoch was not trained again
+    assert code == 0 and epochs.calls == 3, err                      # the first epoch was not trained again
     assert "val = valid/, test drawn from train/" in out and "no flips, class-weighted loss" in out
     assert not (tmp_path / "m.training").exists()
     ft = load_finetuned(tmp_path / "m.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -218,6 +219,7 @@ def test_the_test_report_has_recalls_confused_pairs_and_top_losses(tiny, tmp_pat
     fig = r.mistakes_figure(folder, n=4)
     assert len([ax for ax in fig.axes if ax.images]) == 4
     fig.savefig(tmp_path / "m.png")
+    plt.close(fig)
     report = TestReport(["a", "b", "c"], [0, 0, 0, 1, 1, 2], [1, 1, 2, 0, 1, 2])
     assert report.most_confused() == [("a", "b", 2), ("a", "c", 1), ("b", "a", 1)]
     assert report.recalls == {"a": 0.0, "b": 0.5, "c": 1.0} and report.balanced_accuracy == 0.5
@@ -255,28 +257,18 @@ def test_balance_weighs_the_loss_by_the_training_class_sizes(tmp_path):
     assert weights == pytest.approx([len(train) / (2 * n_birds), len(train) / (2 * n_fruit)], rel=1e-5)
 
 
-def test_an_interrupted_finetune_resumes_to_the_same_model(tmp_path, monkeypatch):
-    import tl_helpers.train as train
-
+def test_an_interrupted_finetune_resumes_to_the_same_model(tmp_path, epochs):
     folder, _ = write_example_folder(tmp_path / "photos", classes=("birds", "fruit"), per_class=8, tiny_class=None,
                                      problems=False)
     report = scan_image_folder(folder, progress=False)
     kwargs = dict(image_size=64, epochs=3, progress=False, verbose=False, cache=tmp_path / "features")
     whole = finetune(report, checkpoint=tmp_path / "whole" / "c.pt", **kwargs)
-    real, calls = train.train_one_epoch, []
-
-    def stop_at_the_third_epoch(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(train, "train_one_epoch", stop_at_the_third_epoch)
+    epochs.calls, epochs.stop_at = 0, 3                     # Ctrl-C in the third epoch
     with pytest.raises(KeyboardInterrupt):
         finetune(report, checkpoint=tmp_path / "cut" / "c.pt", **kwargs)
-    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    epochs.stop_at = None
     resumed = finetune(report, checkpoint=tmp_path / "cut" / "c.pt", **kwargs)
-    assert len(calls) == 4                                  # only the interrupted epoch was trained again
+    assert epochs.calls == 4                                # only the interrupted epoch was trained again
     assert resumed.history.column("train_loss") == whole.history.column("train_loss")
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)

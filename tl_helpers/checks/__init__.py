@@ -156,6 +156,17 @@ def _checker(on_error: str) -> Callable:
     return wrap
 
 
+def _first_wrong_prediction(predictions: Sequence[tuple[object, object, str, str]], facts: str) -> None:
+    """Raise _NotYet at the first ``(predicted, truth, message, hint)`` whose prediction is not the truth;
+    ``message`` may name ``{truth}`` and ``{facts}``.
+
+    >>> _first_wrong_prediction([("same", "same", "it is {truth}", "")], facts="")  # all held: nothing raised
+    """
+    for predicted, truth, message, hint in predictions:
+        if predicted != truth:
+            raise _NotYet(message.format(truth=truth, facts=facts), hint)
+
+
 def _type_error(answer, expected: str, hint: str) -> _NotYet:
     """The message for an answer of a completely different kind than the one asked for."""
     shown = repr(answer)

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from tl_helpers.checks import Exercise, _NotYet, _as_number, _checker
+from tl_helpers.checks import Exercise, _NotYet, _as_number, _checker, _first_wrong_prediction
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -223,14 +223,13 @@ def check_batchnorm_predictions(my_one_batch, my_mixed_batch, model: nn.Module, 
              "my_mixed_batch": _compare(acc_mixed, acc_adabn, tolerance)}
     facts = (f"AdaBN {acc_adabn:.1%}; training mode on the target test batch {acc_one:.1%}; on the batch mixed "
              f"with source images {acc_mixed:.1%}")
-    if my_one_batch != truth["my_one_batch"]:
-        raise _NotYet(f"on the target batch alone it is {truth['my_one_batch']} ({facts})",
-                      "in training mode BatchNorm uses the batch's own mean and variance: a batch of target images "
-                      "gives target statistics, which is what AdaBN stores (from other target images)")
-    if my_mixed_batch != truth["my_mixed_batch"]:
-        raise _NotYet(f"on the mixed batch it is {truth['my_mixed_batch']} ({facts})",
-                      "half source, half target: the batch statistics sit between the two domains, like the "
-                      "running statistics of a network trained on mixed batches")
+    _first_wrong_prediction([
+        (my_one_batch, truth["my_one_batch"], "on the target batch alone it is {truth} ({facts})",
+         "in training mode BatchNorm uses the batch's own mean and variance: a batch of target images "
+         "gives target statistics, which is what AdaBN stores (from other target images)"),
+        (my_mixed_batch, truth["my_mixed_batch"], "on the mixed batch it is {truth} ({facts})",
+         "half source, half target: the batch statistics sit between the two domains, like the "
+         "running statistics of a network trained on mixed batches")], facts)
     return (f"{facts}. A BatchNorm in training mode is AdaBN on whatever batch it is given: results that depend "
             "on the batch's company are why predictions use eval mode and stored statistics.")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tl_helpers.checks import Exercise, _NotYet, _as_number, _checker, _type_error
+from tl_helpers.checks import Exercise, _NotYet, _as_number, _checker, _first_wrong_prediction, _type_error
 
 
 def _shortest_length(lengths: Sequence[int], keep: float) -> int:
@@ -132,14 +132,13 @@ def check_padding_predictions(my_masked_mean, my_plain_mean, body: nn.Module, to
              f"padding positions are added (attention gives padding zero weight and the mask leaves it out of the "
              f"average); the plain mean moves by more than 0.1 ({plain_gap > 0.1}), because it averages the {n_pad} "
              f"padding vectors in")
-    if my_masked_mean != truth["my_masked_mean"]:
-        raise _NotYet(f"with the masked mean the vector is {truth['my_masked_mean']}: {facts}",
-                      "the attention mask stops real tokens from attending to padding, and the masked mean skips "
-                      "padding positions: nothing of the padding reaches the vector")
-    if my_plain_mean != truth["my_plain_mean"]:
-        raise _NotYet(f"with a plain mean the vector is {truth['my_plain_mean']}: {facts}",
-                      "the transformer still computes a vector at every padding position; a plain mean averages "
-                      "them in, so the result depends on how much padding the batch needed")
+    _first_wrong_prediction([
+        (my_masked_mean, truth["my_masked_mean"], "with the masked mean the vector is {truth}: {facts}",
+         "the attention mask stops real tokens from attending to padding, and the masked mean skips "
+         "padding positions: nothing of the padding reaches the vector"),
+        (my_plain_mean, truth["my_plain_mean"], "with a plain mean the vector is {truth}: {facts}",
+         "the transformer still computes a vector at every padding position; a plain mean averages "
+         "them in, so the result depends on how much padding the batch needed")], facts)
     return f"{facts}. Padding is invisible only when the pooling respects the mask too."
 
 
