@@ -17,6 +17,13 @@ from tl_helpers.widgets import (calibration_summary, prediction_browser, tempera
                                 unfreeze_summary)
 
 
+@pytest.fixture(autouse=True)
+def no_figures_before():
+    """Each test starts with no open figure, so that its own check (``plt.get_fignums() == []``) sees only what
+    the widget left open, whatever ran before it."""
+    plt.close("all")
+
+
 def small_model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -270,9 +270,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import matplotlib
 
         matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         fig = result.mistakes_figure(report.root, n=args.top_losses)
         Path(args.mistakes).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.mistakes, dpi=100)
+        plt.close(fig)                                 # a program that runs on must not keep its figures
         print(f"wrote {_shown(args.mistakes)} (the {min(args.top_losses, len(result.y_true))} test images with the "
               "largest losses)")
     return 0
