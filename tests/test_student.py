@@ -113,24 +113,25 @@ def test_broken_markers_are_an_error_that_names_the_cell(tmp_path, capsys, sourc
     assert "00_t.ipynb, cell 1" in err and "Fix the markers" in err
 
 
-def _nbval(path: Path) -> subprocess.CompletedProcess:
+def _nbval(*paths: Path) -> subprocess.CompletedProcess:
+    """nbval on ``paths`` (one folder) in one pytest process, each cell's result on its own line (``-rA``)."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", "-p", "no:cacheprovider", "-q",
-         "--rootdir", str(path.parent), str(path)],
-        capture_output=True, text=True, cwd=path.parent, timeout=300)
+        [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", "-p", "no:cacheprovider", "-q", "-rA",
+         "--rootdir", str(paths[0].parent), *map(str, paths)],
+        capture_output=True, text=True, cwd=paths[0].parent, timeout=300)
 
 
 def test_student_fixture_passes_nbval_thanks_to_the_tag(tmp_path):
     """The exercise cells raise NotImplementedError, which nbval accepts because of raises-exception."""
     student = build(tmp_path, fixture_notebook())
-    result = _nbval(tmp_path / "student" / "99_fixture.ipynb")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "5 passed" in result.stdout  # the five code cells
     for cell in student.cells:  # control: without the tag the same notebook fails
         cell.metadata.pop("tags", None)
-    nbformat.write(student, tmp_path / "untagged.ipynb")
-    result = _nbval(tmp_path / "untagged.ipynb")
-    assert result.returncode != 0 and "NotImplementedError" in result.stdout
+    nbformat.write(student, tmp_path / "student" / "untagged.ipynb")
+    result = _nbval(tmp_path / "student" / "99_fixture.ipynb", tmp_path / "student" / "untagged.ipynb")
+    lines = result.stdout.splitlines()
+    tagged = [l for l in lines if "99_fixture.ipynb::" in l and l.split()[0] in ("PASSED", "FAILED")]
+    assert [l.split()[0] for l in tagged] == ["PASSED"] * 5, result.stdout[-3000:]  # the five code cells
+    assert any(l.startswith("FAILED") and "untagged.ipynb::" in l for l in lines) and "NotImplementedError" in result.stdout
 
 
 @pytest.mark.skipif(not NOTEBOOKS, reason="no chapters yet")
