@@ -521,8 +521,9 @@ def finetune(data, *, model: str = "efficientnet_lite0", image_size: int = 128, 
     cache, or in the folder given; ``False`` decodes at every read), features of the frozen backbone
     (cached, keyed by weights, preprocessing and files), a head trained on them, then
     :func:`~tl_helpers.recipe.two_phase`. The validation part is measured after every epoch (the
-    histories) and chooses nothing, since the recipe keeps the last epoch; the test part is predicted
-    once at the end (``FineTuned.report``).
+    histories) and chooses only the epoch to keep (the recipe's ``restore_best``: the phase-2 epoch with the
+    best validation accuracy); the test part chooses nothing and is predicted once at the end
+    (``FineTuned.report``).
 
     - ``flip=False`` trains without horizontal flips (text, digits, anything with a handedness).
     - ``balance=True`` weighs the loss inversely to the class sizes of the training part (:func:`class_weights`).
