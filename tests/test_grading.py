@@ -2,7 +2,7 @@
 `scripts/grade_class.py` turns a folder of submissions into a gradebook.
 
 The end-to-end test grades one short chapter (four made-up students); `make test-grading` grades every chapter
-(GRADING_CHAPTERS=all), which re-executes each chapter five times.
+(GRADING_CHAPTERS=all), which re-executes each chapter four times (once for each made-up learner).
 """
 
 from __future__ import annotations
