@@ -217,7 +217,9 @@ def test_bad_batch_fails_in_every_process_without_hanging(fashion_folder):
     proc = torchrun("-m", "tl_helpers.distributed_main", str(fashion_folder), "--batch-size", "33", timeout=120)
     assert proc.returncode != 0
     assert "does not split evenly over 2 processes" in proc.stderr
-    assert "[rank 1/2] failed" in proc.stderr and "[rank 0/2] failed" in proc.stderr
+    # each process checks the batch itself, so none waits for the other: the first to fail makes torchrun stop the
+    # other, which may not have printed yet on a loaded machine (seen once in CI); what counts is that none hangs
+    assert "[rank 1/2] failed" in proc.stderr or "[rank 0/2] failed" in proc.stderr
     assert time.perf_counter() - start < 120
 
 
