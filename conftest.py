@@ -87,6 +87,18 @@ def epochs(monkeypatch) -> EpochCounter:
     return EpochCounter(monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): tiny
+    models train no faster on two, and on a busy machine OpenMP threads spin-waiting made them 5x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collectstart(collector):
     """nbval: never compare stderr (warnings carry machine-specific paths and timings)."""
     if collector.fspath and str(collector.fspath).endswith(".ipynb"):

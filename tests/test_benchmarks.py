@@ -22,13 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"image_size": 64, "batch_size": 8, "limit": 16, "max_batches": 1, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a busy machine, OpenMP threads spin-waiting made these tiny steps 5x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -73,33 +74,23 @@ def test_two_phase_retrains_when_the_recipe_or_the_features_change(tmp_path, cap
     assert "features:" in err and "model_name" in err, err
 
 
-def test_two_phase_with_an_empty_phase_checkpoints_the_phase_that_ran(tmp_path):
-    # finetuned.recipe_for(epochs=1) gives exactly this recipe: one top-stage epoch, no all-layer epoch
+@pytest.mark.parametrize("top_epochs, phase", [(1, "top"), (0, "head")])
+def test_two_phase_with_empty_phases_checkpoints_the_last_phase_that_ran(tmp_path, top_epochs, phase):
+    # finetuned.recipe_for(epochs=1) gives the first recipe: one top-stage epoch, no all-layer epoch; the second
+    # fine-tunes nothing, so the checkpoint is the model with its trained head
     net, loader, val = tiny_setup()
     features = (*_features(net, loader), *_features(net, val))
-    recipe = Recipe(head_epochs=2, top_stages=2, top_epochs=1, all_epochs=0)
+    recipe = Recipe(head_epochs=2, top_stages=2, top_epochs=top_epochs, all_epochs=0)
     _, hist = two_phase(net, loader, val, features, recipe, checkpoint=tmp_path / "best.pt", device=CPU,
                         progress=False)
-    assert hist.column("phase") == ["top"]
+    assert hist.column("phase") == ["top"] * top_epochs
     saved = load_checkpoint(tmp_path / "best.pt")
-    assert saved["settings"]["phase"] == "top"
+    assert saved["settings"]["phase"] == phase
     assert all(torch.equal(saved["model"][k], v) for k, v in net.state_dict().items())
     # and the run reloads instead of training again
     _, again = two_phase(net, loader, val, features, recipe, checkpoint=tmp_path / "best.pt", device=CPU,
                          progress=False)
     assert without_seconds(again) == without_seconds(hist)
-
-
-def test_two_phase_with_no_fine_tuning_epochs_saves_the_head_only_model(tmp_path):
-    net, loader, val = tiny_setup()
-    features = (*_features(net, loader), *_features(net, val))
-    recipe = Recipe(head_epochs=2, top_stages=2, top_epochs=0, all_epochs=0)
-    _, hist = two_phase(net, loader, val, features, recipe, checkpoint=tmp_path / "best.pt", device=CPU,
-                        progress=False)
-    assert len(hist) == 0
-    saved = load_checkpoint(tmp_path / "best.pt")
-    assert saved["settings"]["phase"] == "head"
-    assert all(torch.equal(saved["model"][k], v) for k, v in net.state_dict().items())
 
 
 def test_recipe_defaults_are_the_choice_made_on_validation():

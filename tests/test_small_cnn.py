@@ -16,12 +16,7 @@ from tl_helpers.small_cnn import (LAYERS, Budget, Job, Target, accuracy, frozen_
                                   probe_accuracy, run_jobs, train, transfer)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def data(n: int = 80, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
