@@ -125,8 +125,15 @@ def test_checker_onnx_probabilities_on_a_large_rotated_photo(model_and_images, c
         image = ImageOps.exif_transpose(Image.open(file)).convert("RGB")
         return run(session, eval_transform(size, mean=mean, std=std)(image)[None].numpy())
 
+    def reference_in_float64(session, file, size, mean, std):   # exactly right: no mistake may be matched by chance
+        image = ImageOps.exif_transpose(Image.open(file)).convert("RGB")
+        z = session.run(None, {session.get_inputs()[0].name: onnx_preprocess(image, size, mean, std)[None]})[0][0]
+        e = np.exp(z.astype(np.float64) - z.max())
+        return e / e.sum()
+
     assert check_onnx_probabilities(reference, path)
     assert "3000 x 2000 photo stored rotated" in capsys.readouterr().out
+    assert check_onnx_probabilities(reference_in_float64, path), capsys.readouterr().out
     assert check_onnx_probabilities(torchvision_preprocessing, path)
     capsys.readouterr()
     for wrong, words in ((logits, "softmax"), (no_normalise, "subtract the mean"),

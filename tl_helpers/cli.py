@@ -210,7 +210,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     steps.update()
     if args.check:
         images = image_files(args.check)
-        where = "your images"
+        where = "of your images"
     else:  # a few real images shipped with the package: one per class folder, whatever the model's classes
         images = [files[0] for folder in sorted(p for p in clipart_root().iterdir() if p.is_dir())
                   if (files := sorted(folder.glob("*.png")))]
