@@ -82,7 +82,7 @@ test-student: student
 
 # Every recipe on the 5 folds of Clipart-8, settings chosen inside each fold (hours on 2 cores), resumable: see
 # benchmarks/run.py and benchmarks/README.md; then the
-# `fashion` entry: chapter 08's experiments on Fashion-MNIST with 10 seeds (benchmarks/fashion.py, ~40 min).
+# `fashion` entry: chapter 08's experiments on Fashion-MNIST with 10 seeds (benchmarks/fashion.py, ~20 min).
 # make bench BENCH_ARGS="--recipes linear_probe,keras_guide --folds 3"    (--quick: a smoke run)
 # make bench-clipart / make bench-fashion FASHION_ARGS="--seeds 20"      run one of them
 # `adaptation`: chapter 09's grid on both digit pairs (benchmarks/adaptation.py, ~40 CPU-min); `text`: chapter 10's

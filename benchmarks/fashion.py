@@ -16,7 +16,7 @@ layers' initialisation and the batches), and more label counts:
 
 - ``labels``: scratch, frozen (the four MNIST layers frozen, a new head trained), fine-tuned (all four copied,
   everything trained), and two linear probes trained to convergence on frozen MNIST features (``conv3`` and
-  ``fc``), at 10, 50 and all (500) labels a class;
+  ``fc``), at 10, 50 and all (550: the training part less the validation part) labels a class;
 - ``layers``: Yosinski et al.'s design at 10 and 50 labels a class: the first k layers copied from the MNIST
   model (AnB frozen, AnB+ fine-tuned) or from the scratch model of the same seed (BnB, BnB+: self-transfer);
 - ``negative``: the shuffled-label source, frozen and fine-tuned, against the same algorithm without a source
