@@ -521,8 +521,8 @@ def finetune(data, *, model: str = "efficientnet_lite0", image_size: int = 128, 
     cache, or in the folder given; ``False`` decodes at every read), features of the frozen backbone
     (cached, keyed by weights, preprocessing and files), a head trained on them, then
     :func:`~tl_helpers.recipe.two_phase`. The validation part is measured after every epoch (the
-    histories) and chooses only the epoch to keep (the recipe's ``restore_best``: the phase-2 epoch with the
-    best validation accuracy); the test part chooses nothing and is predicted once at the end
+    histories) and chooses only the epoch to keep (the recipe's ``restore_best``: the best validation epoch of
+    the last phase that ran, ``all``, or ``top`` when there is no ``all`` epoch); the test part chooses nothing and is predicted once at the end
     (``FineTuned.report``).
 
     - ``flip=False`` trains without horizontal flips (text, digits, anything with a handedness).
